@@ -1,1 +1,93 @@
-fn main() {}
+//! `cathedral-bench`: Cathedral's load harness — a fixed-body origin, a closed-loop HTTP/1.1
+//! load generator, and scenario runners that start the systems under test, drive them side
+//! by side, and report a markdown table plus raw JSON under `benches/results/`.
+//!
+//! Module map: [`origin`] and [`load`] are the two halves of any measurement; [`scenario`]
+//! runs systems under test against them and summarises; [`proxy`] is the first scenario;
+//! [`process`] (children, pinning), [`procfs`] (CPU, RSS), [`stats`] and [`report`] support them.
+
+mod load;
+mod origin;
+mod process;
+mod procfs;
+mod proxy;
+mod report;
+mod scenario;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cathedral-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve a fixed body to every GET over HTTP/1.1 keep-alive (the upstream and the ceiling).
+    Origin(origin::OriginArgs),
+    /// Closed-loop keep-alive load against one URL; reports req/s, latency percentiles, errors.
+    Load(load::LoadArgs),
+    /// Proxy-path scenario: the origin directly vs through `cathedral serve --upstream`.
+    Proxy(proxy::ProxyArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Origin(args) => origin::main(args),
+        Command::Load(args) => load::main(args),
+        Command::Proxy(args) => proxy::main(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn subcommands_parse() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from([
+            "cathedral-bench",
+            "load",
+            "--url",
+            "http://127.0.0.1:8080/",
+            "--connections",
+            "8",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0",
+            "--max-requests",
+            "100",
+            "--json",
+        ])?;
+        let Command::Load(load) = cli.command else {
+            anyhow::bail!("expected load, got {:?}", cli.command);
+        };
+        assert_eq!(
+            (load.connections, load.duration, load.max_requests),
+            (8, 1.5, Some(100))
+        );
+        assert!(load.json);
+        assert!(
+            Cli::try_parse_from(["cathedral-bench", "load"]).is_err(),
+            "--url is required"
+        );
+        assert!(
+            Cli::try_parse_from(["cathedral-bench", "origin", "--runtime", "multi-thread"]).is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["cathedral-bench", "proxy", "--runs", "1", "--pin", "off"])
+                .is_ok()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! Child processes of a scenario: CPU pinning with `taskset`, free-port discovery, readiness
+//! waits, and liveness checks that quote the child's log when it dies.
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::procfs::{self, CpuTimes, Pid};
+
+/// Whether to pin systems under test and the generator to separate CPUs.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinMode {
+    /// Pin when `taskset` exists and at least two CPUs are allowed.
+    Auto,
+    /// Never pin.
+    Off,
+}
+
+/// The CPU layout of a scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pinning {
+    /// `taskset` binary, when pinning.
+    #[serde(skip)]
+    pub taskset: Option<PathBuf>,
+    /// `taskset -c` list for every system under test (origin, proxy, ...).
+    pub sut_cpus: Option<String>,
+    /// `taskset -c` list for the load generator.
+    pub generator_cpus: Option<String>,
+    /// One sentence for the report saying what was done.
+    pub description: String,
+}
+
+impl Pinning {
+    /// Plans the layout: the generator gets the last allowed CPU, the systems under test the
+    /// others, so the generator never competes with what it measures.
+    pub fn plan(mode: PinMode, allowed: &[usize], taskset: Option<PathBuf>) -> Self {
+        let unpinned = |why: &str| Pinning {
+            taskset: None,
+            sut_cpus: None,
+            generator_cpus: None,
+            description: format!(
+                "not pinned ({why}); systems under test and generator share all CPUs"
+            ),
+        };
+        match (mode, taskset) {
+            (PinMode::Off, _) => unpinned("--pin off"),
+            (PinMode::Auto, None) => unpinned("taskset not found"),
+            (PinMode::Auto, Some(_)) if allowed.len() < 2 => unpinned("fewer than 2 CPUs allowed"),
+            (PinMode::Auto, Some(taskset)) => {
+                let (sut, generator) = allowed.split_at(allowed.len() - 1);
+                let sut = procfs::format_cpu_list(sut);
+                let generator = procfs::format_cpu_list(generator);
+                Pinning {
+                    taskset: Some(taskset),
+                    description: format!(
+                        "pinned with taskset: systems under test on CPU {sut}, load generator on CPU {generator}"
+                    ),
+                    sut_cpus: Some(sut),
+                    generator_cpus: Some(generator),
+                }
+            }
+        }
+    }
+
+    /// A command for `program`, prefixed with `taskset -c CPUS` when pinning.
+    pub fn command(&self, program: &Path, cpus: Option<&str>) -> Command {
+        match (&self.taskset, cpus) {
+            (Some(taskset), Some(cpus)) => {
+                let mut command = Command::new(taskset);
+                command.arg("-c").arg(cpus).arg(program);
+                command
+            }
+            _ => Command::new(program),
+        }
+    }
+
+    /// How many CPUs the systems under test get (all allowed ones when unpinned).
+    pub fn sut_cpu_count(&self, allowed: &[usize]) -> usize {
+        self.sut_cpus
+            .as_deref()
+            .and_then(procfs::parse_cpu_list)
+            .map_or(allowed.len(), |c| c.len())
+            .max(1)
+    }
+}
+
+/// Looks for an executable `taskset` on `PATH`.
+pub fn find_taskset() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("taskset"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `n` distinct loopback ports that were free a moment ago, for a child whose CLI cannot
+/// report the port it bound: bind `127.0.0.1:0` n times (all held at once so they differ),
+/// read the ports, close. Another process may take one before the child binds it; the
+/// readiness wait then fails clearly.
+pub fn free_loopback_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?)).collect()
+}
+
+/// A running child of the scenario, killed when dropped.
+#[derive(Debug)]
+pub struct ManagedChild {
+    pub name: String,
+    child: Child,
+    pid: u32,
+    log: Option<PathBuf>,
+}
+
+impl ManagedChild {
+    /// Spawns `command` (with `kill_on_drop`); `log` is where its output goes, for error messages.
+    pub fn spawn(name: &str, mut command: Command, log: Option<PathBuf>) -> anyhow::Result<Self> {
+        command.kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} ({command:?})"))?;
+        let pid = child
+            .id()
+            .with_context(|| format!("{name} exited at once"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            pid,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The child's piped stdout, if it was piped and not yet taken.
+    pub fn take_stdout(&mut self) -> Option<tokio::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Fails, quoting the end of the child's log, if the child has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!(
+                "{} (pid {}) exited with {status}{}",
+                self.name,
+                self.pid,
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// "; last lines of LOG:\n..." or nothing when there is no log.
+    fn log_tail(&self) -> String {
+        let Some(path) = &self.log else {
+            return String::new();
+        };
+        match tail(path, 4096) {
+            Ok(text) if !text.trim().is_empty() => {
+                format!("; end of {}:\n{}", path.display(), text.trim_end())
+            }
+            Ok(_) => format!("; {} is empty", path.display()),
+            Err(e) => format!("; could not read {}: {e}", path.display()),
+        }
+    }
+
+    /// CPU time of the child so far.
+    pub fn cpu_times(&self) -> anyhow::Result<CpuTimes> {
+        procfs::cpu_times(Pid::Other(self.pid))
+    }
+
+    /// Peak RSS of the child so far (`VmHWM`).
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        procfs::peak_rss_bytes(Pid::Other(self.pid))
+    }
+
+    /// Waits until `addr` accepts TCP connections, failing if the child exits or `within` passes.
+    pub async fn wait_until_accepting(
+        &mut self,
+        addr: SocketAddr,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        const POLL: Duration = Duration::from_millis(50);
+        let deadline = Instant::now() + within;
+        // Bounded by `deadline`: each iteration waits at most ~POLL + 200 ms.
+        loop {
+            self.check_alive()
+                .with_context(|| format!("{} stopped before accepting on {addr}", self.name))?;
+            let attempt = tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await;
+            if matches!(attempt, Ok(Ok(_))) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not accept connections on {addr} within {within:?}{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Reads the first stdout line (stdout must be piped), failing after `within`.
+    pub async fn first_stdout_line(&mut self, within: Duration) -> anyhow::Result<String> {
+        let stdout = self
+            .take_stdout()
+            .with_context(|| format!("{}'s stdout is not piped", self.name))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        match tokio::time::timeout(within, lines.next_line()).await {
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => {
+                self.check_alive()?;
+                bail!("{} closed stdout without printing a line", self.name)
+            }
+            Ok(Err(e)) => Err(e).with_context(|| format!("reading {}'s stdout", self.name)),
+            Err(_) => {
+                self.check_alive()?;
+                bail!("{} printed nothing within {within:?}", self.name)
+            }
+        }
+    }
+
+    /// Kills the child and reaps it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child.start_kill()?;
+            tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .with_context(|| format!("{} did not exit after SIGKILL", self.name))??;
+        }
+        Ok(())
+    }
+}
+
+/// The last `max` bytes of a file, from the start of a line.
+pub fn tail(path: &Path, max: u64) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut buf = Vec::new();
+    file.take(max).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(if len > max {
+        text.split_once('\n')
+            .map_or(String::new(), |(_, rest)| rest.to_owned())
+    } else {
+        text.into_owned()
+    })
+}
+
+/// A child's stdout and stderr both appended to one file.
+pub fn log_stdio(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let err = file.try_clone()?;
+    Ok((Stdio::from(file), Stdio::from(err)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinning_plans() {
+        let taskset = Some(PathBuf::from("/usr/bin/taskset"));
+        let two = Pinning::plan(PinMode::Auto, &[0, 1], taskset.clone());
+        assert_eq!(two.sut_cpus.as_deref(), Some("0"));
+        assert_eq!(two.generator_cpus.as_deref(), Some("1"));
+        assert_eq!(
+            two.description,
+            "pinned with taskset: systems under test on CPU 0, load generator on CPU 1"
+        );
+        assert_eq!(two.sut_cpu_count(&[0, 1]), 1);
+
+        let four = Pinning::plan(PinMode::Auto, &[0, 1, 2, 3], taskset.clone());
+        assert_eq!(four.sut_cpus.as_deref(), Some("0-2"));
+        assert_eq!(four.generator_cpus.as_deref(), Some("3"));
+        assert_eq!(four.sut_cpu_count(&[0, 1, 2, 3]), 3);
+
+        let one = Pinning::plan(PinMode::Auto, &[0], taskset.clone());
+        assert_eq!(one.sut_cpus, None);
+        assert!(one.description.contains("fewer than 2 CPUs"));
+        assert!(
+            Pinning::plan(PinMode::Auto, &[0, 1], None)
+                .description
+                .contains("taskset not found")
+        );
+        assert!(
+            Pinning::plan(PinMode::Off, &[0, 1], taskset)
+                .description
+                .contains("--pin off")
+        );
+    }
+
+    #[test]
+    fn pinned_commands_go_through_taskset() {
+        let pinning = Pinning::plan(
+            PinMode::Auto,
+            &[0, 1],
+            Some(PathBuf::from("/usr/bin/taskset")),
+        );
+        let command = pinning.command(Path::new("/bin/true"), pinning.sut_cpus.as_deref());
+        let std = command.as_std();
+        assert_eq!(std.get_program(), "/usr/bin/taskset");
+        let args: Vec<_> = std.get_args().collect();
+        assert_eq!(args, ["-c", "0", "/bin/true"]);
+        let plain =
+            Pinning::plan(PinMode::Off, &[0, 1], None).command(Path::new("/bin/true"), Some("0"));
+        assert_eq!(plain.as_std().get_program(), "/bin/true");
+    }
+
+    #[test]
+    fn free_ports_are_loopback() -> anyhow::Result<()> {
+        let addrs = free_loopback_ports(3)?;
+        assert_eq!(addrs.len(), 3);
+        assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() != 0));
+        assert!(addrs[0] != addrs[1] && addrs[1] != addrs[2] && addrs[0] != addrs[2]);
+        Ok(())
+    }
+
+    #[test]
+    fn tail_starts_at_a_line() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("cathedral-bench-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("log");
+        std::fs::write(&path, "first line\nsecond\nthird\n")?;
+        assert_eq!(tail(&path, 1000)?, "first line\nsecond\nthird\n");
+        assert_eq!(tail(&path, 10)?, "third\n");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}
