@@ -1,0 +1,125 @@
+//! The activated configuration: one immutable snapshot of routes, upstream
+//! clients and static sites, built off to the side and swapped in whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cathedral_config::{EdgeConfig, HostHeader, RouteTarget};
+use http::{HeaderName, HeaderValue};
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::content::DirectorySource;
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, RouteLabel};
+use crate::router::Router;
+use crate::static_files::StaticContent;
+use crate::upstream::UpstreamClient;
+
+#[derive(Debug)]
+pub struct Active {
+    pub generation: u64,
+    pub config: Arc<EdgeConfig>,
+    upstreams: HashMap<String, Arc<UpstreamClient>>,
+    router: Router<Arc<RouteCtx>>,
+}
+
+/// Everything a request needs from its route, resolved at activation.
+#[derive(Debug)]
+pub struct RouteCtx {
+    pub name: String,
+    pub path_prefix: String,
+    pub target: Target,
+    pub host_header: HostHeader,
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub duration: Histogram,
+}
+
+#[derive(Debug)]
+pub enum Target {
+    Upstream(Arc<UpstreamClient>),
+    Static(StaticContent),
+}
+
+impl Active {
+    /// Builds a snapshot. Upstream clients whose configuration did not
+    /// change are carried over from `previous`, keeping their pooled
+    /// connections warm across reloads.
+    pub fn build(
+        config: EdgeConfig,
+        generation: u64,
+        previous: Option<&Active>,
+        metrics: &Metrics,
+    ) -> Result<Self> {
+        let mut upstreams = HashMap::new();
+        for (name, up) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|old| old.config == *up)
+                .cloned();
+            let client = match reused {
+                Some(c) => c,
+                None => UpstreamClient::new(up)?,
+            };
+            upstreams.insert(name.clone(), client);
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let target = match &route.target {
+                RouteTarget::Upstream(name) => {
+                    Target::Upstream(upstreams.get(name).cloned().ok_or_else(|| {
+                        Error::Config(format!("route {}: no upstream named {name:?}", route.name))
+                    })?)
+                }
+                RouteTarget::Static(site) => {
+                    let source =
+                        DirectorySource::new(&site.root).map_err(|source| Error::StaticRoot {
+                            route: route.name.clone(),
+                            path: site.root.clone(),
+                            source,
+                        })?;
+                    Target::Static(StaticContent {
+                        source: Arc::new(source),
+                        index: site.index.clone(),
+                    })
+                }
+            };
+            let duration = metrics
+                .duration
+                .get_or_create(&RouteLabel {
+                    route: route.name.clone(),
+                })
+                .clone();
+            routes.push((
+                route,
+                Arc::new(RouteCtx {
+                    name: route.name.clone(),
+                    path_prefix: route.path_prefix.clone(),
+                    target,
+                    host_header: route.host_header.clone(),
+                    response_headers: route.response_headers.clone(),
+                    duration,
+                }),
+            ));
+        }
+        let by_name: HashMap<&str, Arc<RouteCtx>> = routes
+            .iter()
+            .map(|(r, c)| (r.name.as_str(), c.clone()))
+            .collect();
+        let router = Router::new(config.routes.iter(), |r| {
+            by_name
+                .get(r.name.as_str())
+                .cloned()
+                .expect("every route was resolved above")
+        });
+        Ok(Self {
+            generation,
+            config: Arc::new(config),
+            upstreams,
+            router,
+        })
+    }
+
+    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<RouteCtx>> {
+        self.router.find(host, path)
+    }
+}

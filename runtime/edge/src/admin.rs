@@ -1,0 +1,178 @@
+//! The admin API, on its own listener and never on the public ones:
+//! `/metrics`, `/healthz`, `/readyz` and `POST /reload`, behind a bearer
+//! token when one is configured.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, warn};
+
+use crate::body::{Body, full};
+use crate::node::Shared;
+use crate::responses::{json, plain};
+
+/// Admin connections at most; the admin API is for operators and scrapers.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+pub async fn serve(socket: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let permit = match permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = socket.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, req).await) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "admin connection error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    if !authorized(shared, &req) {
+        let mut resp = plain(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"cathedral-admin\""),
+        );
+        return resp;
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => plain(StatusCode::OK, "alive"),
+        (&Method::GET, "/readyz") => readyz(shared),
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(full(shared.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        (&Method::POST, "/reload") => {
+            let outcome = shared.reload().await;
+            let status = if outcome.activated {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            json(
+                status,
+                &json!({
+                    "activated": outcome.activated,
+                    "generation": outcome.generation,
+                    "errors": outcome.errors,
+                }),
+            )
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {
+            plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => plain(StatusCode::NOT_FOUND, "no such admin endpoint"),
+    }
+}
+
+fn readyz(shared: &Shared) -> Response<Body> {
+    let active = shared.active.load();
+    let status = shared.status();
+    let (ready, reason) = if shared.is_shutting_down() {
+        (false, Some("shutting down"))
+    } else if status.listeners.is_empty() {
+        (false, Some("no public listener bound"))
+    } else {
+        (true, None)
+    };
+    let last_reload = status.last_reload.map(|(at, o)| {
+        json!({
+            "at_unix": at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "activated": o.activated,
+            "generation": o.generation,
+            "errors": o.errors,
+        })
+    });
+    let body = json!({
+        "ready": ready,
+        "reason": reason,
+        "region": shared.region,
+        "config": {
+            "generation": active.generation,
+            "routes": active.config.routes.len(),
+            "upstreams": active.config.upstreams.len(),
+        },
+        "last_reload": last_reload,
+        "listeners": status.listeners,
+    });
+    json(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+fn authorized<B>(shared: &Shared, req: &Request<B>) -> bool {
+    let Some(expected) = &shared.admin_token else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(presented.as_bytes(), expected.as_bytes())
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

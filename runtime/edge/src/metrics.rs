@@ -1,0 +1,150 @@
+//! The node's Prometheus metrics: one registry per node, passed through
+//! context (never a global), rendered by the admin API.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatus {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamError {
+    pub upstream: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    pub result: &'static str,
+}
+
+type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~26 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 19,
+    ))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RouteStatus, Counter>,
+    pub duration: HistogramFamily,
+    pub upstream_errors: Family<UpstreamError, Counter>,
+    pub open_connections: Gauge,
+    pub connection_errors: Family<ListenerLabel, Counter>,
+    pub reloads: Family<ReloadLabel, Counter>,
+    pub config_generation: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RouteStatus, Counter>::default();
+        registry.register(
+            "cathedral_http_requests",
+            "HTTP requests answered, by route and status",
+            requests.clone(),
+        );
+        let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "cathedral_http_request_duration_seconds",
+            "Time from request head to the end of the response body, by route",
+            duration.clone(),
+        );
+        let upstream_errors = Family::<UpstreamError, Counter>::default();
+        registry.register(
+            "cathedral_upstream_errors",
+            "Failed upstream exchanges, by upstream and kind (connect, timeout, protocol)",
+            upstream_errors.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "cathedral_open_connections",
+            "Client connections currently open on the public listeners",
+            open_connections.clone(),
+        );
+        let connection_errors = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "cathedral_connection_errors",
+            "Client connections that failed before or during HTTP, by listener and reason",
+            connection_errors.clone(),
+        );
+        let reloads = Family::<ReloadLabel, Counter>::default();
+        registry.register(
+            "cathedral_config_reloads",
+            "Configuration reload attempts, by result",
+            reloads.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "cathedral_config_generation",
+            "Generation number of the active configuration snapshot",
+            config_generation.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            open_connections,
+            connection_errors,
+            reloads,
+            config_generation,
+        }
+    }
+
+    /// Prometheus text exposition (OpenMetrics flavour).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamError {
+                upstream: upstream.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn connection_error(&self, listener: &str, reason: &'static str) {
+        self.connection_errors
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

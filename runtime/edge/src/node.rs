@@ -1,0 +1,361 @@
+//! Starting, reloading and stopping a node.
+//!
+//! State has three lifetimes: built once per process ([`Shared`]: metrics,
+//! limits, listeners), once per activation (`Active`: routes, upstream
+//! clients, static sites) and once per request (`RequestCtx`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use cathedral_config::{Bootstrap, Certificate, EdgeConfig, Limits};
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info, warn};
+
+use crate::active::Active;
+use crate::admin;
+use crate::conn::{self, Listener};
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, ReloadLabel};
+use crate::tls::{self, CertResolver};
+
+/// Where the activated configuration comes from on reload: local files now,
+/// signed bundles later.
+pub trait ConfigSource: Send + Sync + 'static {
+    /// Reads and validates the configuration; the error lists every problem.
+    fn load(&self) -> Result<EdgeConfig, String>;
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// The generation now active (unchanged when the reload was rejected).
+    pub generation: u64,
+    pub activated: bool,
+    /// Every problem found; empty on full success. Certificates that fail to
+    /// load are reported here while the previous ones stay in use.
+    pub errors: Vec<String>,
+}
+
+/// Node-wide state shared by every connection and request.
+#[derive(Debug)]
+pub struct Shared {
+    pub active: ArcSwap<Active>,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<IpNet>,
+    pub region: String,
+    pub admin_token: Option<String>,
+    shutting_down: AtomicBool,
+    reloader: Reloader,
+    status: Mutex<Status>,
+}
+
+struct Reloader {
+    source: Arc<dyn ConfigSource>,
+    certs: Vec<Certificate>,
+    resolver: Option<Arc<CertResolver>>,
+    lock: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub listeners: Vec<String>,
+    pub last_reload: Option<(SystemTime, ReloadOutcome)>,
+}
+
+impl Shared {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Re-reads the configuration and certificates and activates them; on
+    /// any configuration error the running snapshot stays untouched.
+    /// Concurrent reloads are serialized.
+    pub async fn reload(self: &Arc<Self>) -> ReloadOutcome {
+        let _serial = self.reloader.lock.lock().await;
+        let mut errors = Vec::new();
+
+        if let Some(resolver) = &self.reloader.resolver
+            && let Err(e) = resolver.reload(&self.reloader.certs)
+        {
+            error!(error = %e, "certificate reload failed; keeping the current certificates");
+            errors.push(e.to_string());
+        }
+
+        let this = self.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let config = this.reloader.source.load()?;
+            let generation = this.reloader.generation.load(Ordering::Relaxed) + 1;
+            let previous = this.active.load_full();
+            Active::build(config, generation, Some(&previous), &this.metrics)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+
+        let activated = match built {
+            Ok(active) => {
+                let generation = active.generation;
+                self.reloader
+                    .generation
+                    .store(generation, Ordering::Relaxed);
+                self.active.store(Arc::new(active));
+                self.metrics.config_generation.set(generation as i64);
+                info!(generation, "configuration activated");
+                true
+            }
+            Err(e) => {
+                error!(errors = %e, "configuration rejected; still serving the previous one");
+                errors.push(e);
+                false
+            }
+        };
+        let result = if activated && errors.is_empty() {
+            "ok"
+        } else if activated {
+            "partial"
+        } else {
+            "rejected"
+        };
+        self.metrics
+            .reloads
+            .get_or_create(&ReloadLabel { result })
+            .inc();
+        let outcome = ReloadOutcome {
+            generation: self.reloader.generation.load(Ordering::Relaxed),
+            activated,
+            errors,
+        };
+        if let Ok(mut status) = self.status.lock() {
+            status.last_reload = Some((SystemTime::now(), outcome.clone()));
+        }
+        outcome
+    }
+}
+
+/// Starts nodes.
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Binds every listener, activates `edge` as generation 1 and starts
+    /// serving. Fails without serving anything if a listener cannot be bound
+    /// or the configuration cannot be activated.
+    pub async fn start(
+        bootstrap: Bootstrap,
+        edge: EdgeConfig,
+        source: Arc<dyn ConfigSource>,
+    ) -> Result<NodeHandle> {
+        let metrics = Metrics::new();
+        let active = Active::build(edge, 1, None, &metrics)?;
+        metrics.config_generation.set(1);
+
+        let certs: Vec<Certificate> = bootstrap
+            .tls_listeners
+            .first()
+            .map(|l| l.certificates.clone())
+            .unwrap_or_default();
+        let resolver = if bootstrap.tls_listeners.is_empty() {
+            None
+        } else {
+            Some(Arc::new(CertResolver::load(&certs)?))
+        };
+
+        let mut listeners = Vec::new();
+        for l in &bootstrap.listeners {
+            let socket = bind(l.addr).await?;
+            let addr = local_addr(&socket, l.addr)?;
+            listeners.push((
+                Listener {
+                    name: format!("http://{addr}"),
+                    socket,
+                    tls: None,
+                    proxy_protocol: l.proxy_protocol,
+                },
+                addr,
+            ));
+        }
+        let mut tls_listeners = Vec::new();
+        for l in &bootstrap.tls_listeners {
+            let socket = bind(l.addr).await?;
+            let addr = local_addr(&socket, l.addr)?;
+            let resolver = resolver
+                .clone()
+                .ok_or_else(|| Error::Tls("TLS listener without certificates".into()))?;
+            let config = tls::server_config(l.min_version, resolver)?;
+            tls_listeners.push((
+                Listener {
+                    name: format!("https://{addr}"),
+                    socket,
+                    tls: Some(TlsAcceptor::from(Arc::new(config))),
+                    proxy_protocol: l.proxy_protocol,
+                },
+                addr,
+            ));
+        }
+        let admin_socket = bind(bootstrap.admin.listen).await?;
+        let admin_addr = local_addr(&admin_socket, bootstrap.admin.listen)?;
+
+        let http_addrs: Vec<SocketAddr> = listeners.iter().map(|(_, a)| *a).collect();
+        let tls_addrs: Vec<SocketAddr> = tls_listeners.iter().map(|(_, a)| *a).collect();
+        let status = Status {
+            listeners: listeners
+                .iter()
+                .chain(tls_listeners.iter())
+                .map(|(l, _)| l.name.clone())
+                .collect(),
+            last_reload: None,
+        };
+
+        let shared = Arc::new(Shared {
+            active: ArcSwap::from_pointee(active),
+            metrics,
+            limits: bootstrap.limits.clone(),
+            trusted_proxies: bootstrap.trusted_proxies.clone(),
+            region: bootstrap.region.clone(),
+            admin_token: bootstrap.admin.token.clone(),
+            shutting_down: AtomicBool::new(false),
+            reloader: Reloader {
+                source,
+                certs,
+                resolver,
+                lock: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(1),
+            },
+            status: Mutex::new(status),
+        });
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let max_connections = u32::try_from(
+            bootstrap
+                .limits
+                .max_connections
+                .clamp(1, Semaphore::MAX_PERMITS),
+        )
+        .unwrap_or(u32::MAX);
+        let permits = Arc::new(Semaphore::new(max_connections as usize));
+        let mut tasks = Vec::new();
+        for (listener, addr) in listeners.into_iter().chain(tls_listeners) {
+            info!(listener = %listener.name, %addr, "listening");
+            tasks.push(tokio::spawn(conn::accept_loop(
+                listener,
+                shared.clone(),
+                permits.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        info!(addr = %admin_addr, "admin API listening");
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let admin_task = tokio::spawn(admin::serve(admin_socket, shared.clone(), admin_stop_rx));
+
+        Ok(NodeHandle {
+            shared,
+            shutdown_tx,
+            admin_stop_tx,
+            http_addrs,
+            tls_addrs,
+            admin_addr,
+            tasks,
+            admin_task,
+            permits,
+            max_connections,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    // std's listener sets SO_REUSEADDR on Unix via tokio; a restart can
+    // rebind while old connections sit in TIME_WAIT.
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+fn local_addr(socket: &TcpListener, addr: SocketAddr) -> Result<SocketAddr> {
+    socket
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    admin_stop_tx: watch::Sender<bool>,
+    http_addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
+    admin_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+    permits: Arc<Semaphore>,
+    max_connections: u32,
+}
+
+impl NodeHandle {
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.http_addrs
+    }
+
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The generation of the active configuration snapshot.
+    pub fn generation(&self) -> u64 {
+        self.shared.active.load().generation
+    }
+
+    pub async fn reload(&self) -> ReloadOutcome {
+        self.shared.reload().await
+    }
+
+    /// Stops accepting, asks every connection to finish its in-flight
+    /// requests, and waits up to the configured grace period. Returns
+    /// `true` when every connection closed in time.
+    pub async fn shutdown(self) -> bool {
+        let grace = self.shared.limits.shutdown_grace;
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.shutdown_tx.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        // Every open connection holds a permit; all of them back means done.
+        let drained = tokio::time::timeout(grace, self.permits.acquire_many(self.max_connections))
+            .await
+            .is_ok();
+        if drained {
+            info!("all connections closed");
+        } else {
+            warn!(grace = ?grace, "shutdown grace period over; dropping remaining connections");
+        }
+        let _ = self.admin_stop_tx.send(true);
+        self.admin_task.abort();
+        drained
+    }
+}

@@ -1,0 +1,187 @@
+//! The per-request entry point: body limits, routing, dispatch to the
+//! route's target, route response headers, access log and metrics.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::time::Instant;
+use tracing::info;
+
+use crate::active::{RouteCtx, Target};
+use crate::body::{Body, Observed, OnComplete};
+use crate::client_addr;
+use crate::conn::{ConnInfo, InFlight};
+use crate::metrics::RouteStatus;
+use crate::node::Shared;
+use crate::proxy;
+use crate::responses::plain;
+use crate::router::normalize_host;
+use crate::static_files;
+
+/// Facts about one request that the proxy and the access log share.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub client_ip: IpAddr,
+    pub peer: std::net::SocketAddr,
+    pub tls: bool,
+    /// Lower-case, without port.
+    pub host: String,
+    /// The Host / :authority as the client sent it.
+    pub authority: Option<HeaderValue>,
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let in_flight = conn.request_started();
+    // The snapshot this request runs on, whatever reloads happen meanwhile.
+    let active = shared.active.load_full();
+
+    let authority = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| req.headers().get(header::HOST).cloned());
+    let host = authority
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(normalize_host)
+        .unwrap_or_default();
+    let ctx = RequestCtx {
+        client_ip: client_addr::client_ip(conn.peer.ip(), &shared.trusted_proxies, req.headers()),
+        peer: conn.peer,
+        tls: conn.tls,
+        host,
+        authority,
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let version = req.version();
+
+    let route = active.route(&ctx.host, &path).cloned();
+    let (mut resp, upstream) = match &route {
+        _ if version == Version::HTTP_11 && ctx.authority.is_none() => (
+            plain(
+                StatusCode::BAD_REQUEST,
+                "HTTP/1.1 requests need a Host header",
+            ),
+            None,
+        ),
+        _ if declared_length(&req).is_some_and(|n| n > shared.limits.max_body_bytes) => (
+            plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            None,
+        ),
+        None => (
+            plain(StatusCode::NOT_FOUND, "no route for this host and path"),
+            None,
+        ),
+        Some(route) => match &route.target {
+            Target::Static(site) => {
+                let (parts, _body) = req.into_parts();
+                (
+                    static_files::serve(site, &parts, &route.path_prefix).await,
+                    None,
+                )
+            }
+            Target::Upstream(up) => {
+                let resp = proxy::forward(&shared, &ctx, route, up, req).await;
+                (resp, Some(up.name().to_owned()))
+            }
+        },
+    };
+
+    if let Some(route) = &route {
+        for (name, value) in &route.response_headers {
+            resp.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+
+    let log = AccessLog {
+        shared: shared.clone(),
+        route: route.clone(),
+        method: method.to_string(),
+        host: ctx.host,
+        path,
+        version,
+        status: resp.status().as_u16(),
+        upstream,
+        client: ctx.client_ip,
+        started,
+        _in_flight: in_flight,
+    };
+    resp.map(|body| Observed::new(body, Box::new(log)).boxed())
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Written when the response body is done: one access-log line and the
+/// request metrics.
+struct AccessLog {
+    shared: Arc<Shared>,
+    route: Option<Arc<RouteCtx>>,
+    method: String,
+    host: String,
+    path: String,
+    version: Version,
+    status: u16,
+    upstream: Option<String>,
+    client: IpAddr,
+    started: Instant,
+    _in_flight: InFlight,
+}
+
+impl OnComplete for AccessLog {
+    fn complete(self: Box<Self>, bytes: u64, clean: bool) {
+        let elapsed = self.started.elapsed();
+        let route = self.route.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
+        self.shared
+            .metrics
+            .requests
+            .get_or_create(&RouteStatus {
+                route: route.to_owned(),
+                status: self.status,
+            })
+            .inc();
+        match &self.route {
+            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
+            None => observe_unrouted(&self.shared, elapsed.as_secs_f64()),
+        }
+        info!(
+            target: "cathedral::access",
+            client = %self.client,
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            proto = ?self.version,
+            status = self.status,
+            bytes,
+            complete = clean,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            route,
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            region = %self.shared.region,
+            "request"
+        );
+    }
+}
+
+fn observe_unrouted(shared: &Shared, secs: f64) {
+    let h: Histogram = shared
+        .metrics
+        .duration
+        .get_or_create(&crate::metrics::RouteLabel { route: "-".into() })
+        .clone();
+    h.observe(secs);
+}
