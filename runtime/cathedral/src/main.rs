@@ -1,1 +1,290 @@
-fn main() {}
+//! The `cathedral` binary: command line, logging, signals. Everything else
+//! lives in the library crates.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cathedral_config::{Bootstrap, ConfigErrors, EdgeConfig, Overrides};
+use cathedral_edge::{ConfigSource, Node};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::{error, info, warn};
+
+const DEFAULT_CONFIG: &str = "edge-config/node.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "cathedral", version, about = "Cathedral: an edge compute runtime on WebAssembly")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an edge node.
+    ///
+    /// With no arguments, run from the repository root, it serves the demo
+    /// site from edge-config/ with the default region's overlay on
+    /// http://127.0.0.1:8080, admin API on http://127.0.0.1:9090.
+    Serve(ServeArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// TLS helpers.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Bootstrap config file (it names the edge config and the regions directory).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Region whose overlay (regions/<ID>.toml) applies; overrides node.region.
+    #[arg(long, value_name = "ID")]
+    region: Option<String>,
+    /// Plain HTTP listener (HTTP/1.1 and h2c); replaces the configured ones.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// TLS listener (HTTP/1.1 and h2 by ALPN); needs [tls] certificates in the config.
+    #[arg(long, value_name = "ADDR")]
+    tls_listen: Option<SocketAddr>,
+    /// Admin API listener (metrics, health, reload).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Admin bearer token; required when the admin listener is not loopback.
+    #[arg(long, env = "CATHEDRAL_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    admin_token: Option<String>,
+    /// Quick mode: one catch-all route proxying to this origin, everything
+    /// else at defaults (like varnishd -b).
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective merged result.
+    ///
+    /// Exits 2 and lists every problem (file, key, reason) when invalid.
+    Check {
+        /// Bootstrap config file.
+        #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Region whose overlay applies; overrides node.region.
+        #[arg(long, value_name = "ID")]
+        region: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Write a self-signed development certificate and key (cert.pem, key.pem).
+    SelfSigned {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR", default_value = "edge-config/certs")]
+        out: PathBuf,
+        /// Names the certificate is valid for.
+        #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config(ConfigCommand::Check { config, region }) => config_check(&config, region),
+        Command::Tls(TlsCommand::SelfSigned { out, names }) => match self_signed(&out, names) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn config_check(config: &Path, region: Option<String>) -> ExitCode {
+    let overrides = Overrides {
+        region,
+        ..Overrides::default()
+    };
+    match cathedral_config::load(config, &overrides) {
+        Ok((bootstrap, edge)) => {
+            print!("{}", cathedral_config::render_effective(&bootstrap, &edge));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => config_failure(&errors),
+    }
+}
+
+fn config_failure(errors: &ConfigErrors) -> ExitCode {
+    eprintln!("configuration is invalid ({} problems):", errors.0.len());
+    for e in &errors.0 {
+        eprintln!("  {e}");
+    }
+    ExitCode::from(2)
+}
+
+/// Local mode: re-reads the edge config and region overlay named by the
+/// bootstrap.
+struct FileSource {
+    bootstrap: Bootstrap,
+}
+
+impl ConfigSource for FileSource {
+    fn load(&self) -> Result<EdgeConfig, String> {
+        cathedral_config::load_edge(&self.bootstrap).map_err(|e| e.to_string())
+    }
+}
+
+/// Quick mode: the configuration is fixed by the command line.
+struct FixedSource(EdgeConfig);
+
+impl ConfigSource for FixedSource {
+    fn load(&self) -> Result<EdgeConfig, String> {
+        Ok(self.0.clone())
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    let overrides = Overrides {
+        region: args.region.clone(),
+        listen: args.listen,
+        tls_listen: args.tls_listen,
+        admin_listen: args.admin_listen,
+        admin_token: args.admin_token.clone(),
+    };
+    let loaded = match &args.upstream {
+        Some(url) => quick_mode(url, args.config.as_deref(), &overrides),
+        None => {
+            let path = args.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            cathedral_config::load(&path, &overrides).map(|(bootstrap, edge)| {
+                let source: Arc<dyn ConfigSource> = Arc::new(FileSource {
+                    bootstrap: bootstrap.clone(),
+                });
+                (bootstrap, edge, source)
+            })
+        }
+    };
+    let (bootstrap, edge, source) = match loaded {
+        Ok(x) => x,
+        Err(errors) => return config_failure(&errors),
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(bootstrap, edge, source)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "node failed");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+type Loaded = (Bootstrap, EdgeConfig, Arc<dyn ConfigSource>);
+
+fn quick_mode(url: &str, config: Option<&Path>, overrides: &Overrides) -> Result<Loaded, ConfigErrors> {
+    let bootstrap = match config {
+        Some(path) => cathedral_config::load_bootstrap(path, overrides)?,
+        None => cathedral_config::default_bootstrap(overrides)?,
+    };
+    let edge = cathedral_config::quick_upstream(url, &bootstrap.region)?;
+    let source: Arc<dyn ConfigSource> = Arc::new(FixedSource(edge.clone()));
+    Ok((bootstrap, edge, source))
+}
+
+async fn run(bootstrap: Bootstrap, edge: EdgeConfig, source: Arc<dyn ConfigSource>) -> anyhow::Result<()> {
+    let region = bootstrap.region.clone();
+    let node = Node::start(bootstrap, edge, source).await.context("cannot start the node")?;
+    for addr in node.http_addrs() {
+        info!(url = %format!("http://{addr}"), region = %region, "serving");
+    }
+    for addr in node.tls_addrs() {
+        info!(url = %format!("https://{addr}"), region = %region, "serving");
+    }
+    info!(url = %format!("http://{}", node.admin_addr()), "admin API");
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading configuration");
+                let outcome = node.reload().await;
+                if !outcome.activated {
+                    warn!(generation = outcome.generation, "reload rejected; see the errors above");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("shutting down: no new connections, finishing in-flight requests");
+    let drained = node.shutdown().await;
+    info!(drained, "stopped");
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+}
+
+fn self_signed(out: &Path, names: Vec<String>) -> anyhow::Result<()> {
+    let cert = rcgen::generate_simple_self_signed(names.clone()).context("cannot generate a certificate")?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cert_path = out.join("cert.pem");
+    let key_path = out.join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).with_context(|| format!("cannot write {}", cert_path.display()))?;
+    write_private(&key_path, cert.key_pair.serialize_pem().as_bytes())?;
+    eprintln!(
+        "wrote {} and {} for {}",
+        cert_path.display(),
+        key_path.display(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -215,6 +215,12 @@ where
                 if let Some(data) = frame.data_ref() {
                     *this.bytes += data.len() as u64;
                 }
+                // hyper stops polling once a sized body reports its end.
+                if this.inner.is_end_stream()
+                    && let Some(hook) = this.hook.take()
+                {
+                    hook.complete(*this.bytes, true);
+                }
             }
             Some(Err(_)) => {
                 if let Some(hook) = this.hook.take() {
