@@ -1,0 +1,611 @@
+//! The bootstrap file's tables (`[node]`, `[[listen]]`, `[tls]`, `[admin]`, `[limits]`) to a validated [`Bootstrap`], overrides applied.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::{Table, Value};
+
+use crate::error::{ConfigErrors, FileInfo, Key, Result, Sink};
+use crate::merge::Origins;
+use crate::raw::{
+    RawAdmin, RawCertificate, RawLimits, RawListen, RawNode, RawTls, check_keys, describe, section,
+    table_section,
+};
+use crate::size::{format_duration, format_size};
+use crate::types::{Admin, Bootstrap, Certificate, Limits, Listener, TlsListener, TlsVersion};
+use crate::validate;
+
+/// Values given on the command line (or by the embedding program) that win
+/// over the bootstrap file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Replaces `node.region`.
+    pub region: Option<String>,
+    /// Replaces every plain `[[listen]]` entry with one listener on this address.
+    pub listen: Option<SocketAddr>,
+    /// Replaces every TLS `[[listen]]` entry with one TLS listener on this
+    /// address (minimum version from `[tls]`; needs `[[tls.certificates]]`).
+    pub tls_listen: Option<SocketAddr>,
+    /// Replaces `admin.listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Replaces `admin.token`.
+    pub admin_token: Option<String>,
+}
+
+pub(crate) const DEFAULT_REGION: &str = "us-east-1";
+pub(crate) const DEFAULT_EDGE_CONFIG: &str = "edge.toml";
+pub(crate) const DEFAULT_REGIONS_DIR: &str = "regions";
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+pub(crate) const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+pub(crate) const DEFAULT_TLS_MIN_VERSION: TlsVersion = TlsVersion::Tls13;
+
+/// Longest duration any setting accepts: keeps deadline arithmetic far from overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Smallest header buffer hyper accepts, and a generous cap.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+
+const TABLES: &[&str] = &["node", "listen", "tls", "admin", "limits"];
+
+impl Default for Limits {
+    /// The documented defaults: 16 KiB of headers, 100 headers, 10 MiB
+    /// bodies, 10 s to read the head, 60 s idle, 10 000 connections, 30 s grace.
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the edge config lives, known even when other bootstrap tables are
+/// wrong, so `load` can report the edge config's errors too.
+#[derive(Debug, Clone)]
+pub(crate) struct EdgeLocation {
+    pub region: String,
+    pub edge_config: PathBuf,
+    pub regions_dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub(crate) struct Built {
+    pub location: Option<EdgeLocation>,
+    pub result: Result<Bootstrap>,
+}
+
+/// What a listener address was set by, for duplicate reports.
+#[derive(Debug, Clone)]
+struct Claim {
+    addr: SocketAddr,
+    key: Key,
+    label: String,
+}
+
+/// Validates the bootstrap document `table` read from `file`, then applies `overrides`.
+pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Built {
+    let origins = Origins::single(file);
+    let mut sink = Sink::new(&origins);
+    let root = Key::root();
+    let base_dir = sink.base_dir(&root).to_path_buf();
+
+    check_keys(
+        table,
+        TABLES,
+        &root,
+        &|name| match name {
+            "routes" | "upstreams" | "region" => Some(
+                "routes, upstreams and [region] belong in the edge config (node.edge_config) or a region overlay",
+            ),
+            "region_id" | "edge_config" | "regions_dir" | "trusted_proxies" => {
+                Some("this key belongs in [node]")
+            }
+            _ => None,
+        },
+        &mut sink,
+    );
+
+    // [node]
+    let node_key = root.field("node");
+    let node = section::<RawNode>(table.get("node"), &node_key, &mut sink);
+    let mut location_known = node.as_ref().is_some_and(|n| {
+        !n.is_bad("region") && !n.is_bad("edge_config") && !n.is_bad("regions_dir")
+    });
+    let (node, proxies_known) = match node {
+        Some(parsed) => {
+            let known = !parsed.is_bad("trusted_proxies");
+            (parsed.value, known)
+        }
+        None => (RawNode::default(), false),
+    };
+
+    let region_key = node_key.field("region");
+    let region = match &overrides.region {
+        Some(region) => {
+            if let Err(message) = validate::check_region_id(region) {
+                sink.push(&region_key, format!("{message} (from overrides)"));
+                location_known = false;
+            }
+            region.clone()
+        }
+        None => {
+            let region = node.region.unwrap_or_else(|| DEFAULT_REGION.to_owned());
+            if let Err(message) = validate::check_region_id(&region) {
+                sink.push(&region_key, message);
+                location_known = false;
+            }
+            region
+        }
+    };
+    let mut path_of = |name: &str, value: Option<String>, default: &str, sink: &mut Sink<'_>| {
+        let value = value.unwrap_or_else(|| default.to_owned());
+        if value.is_empty() {
+            sink.push(
+                &node_key.field(name),
+                "expected a path, found an empty string",
+            );
+            location_known = false;
+        }
+        validate::resolve(&base_dir, &value)
+    };
+    let edge_config = path_of(
+        "edge_config",
+        node.edge_config,
+        DEFAULT_EDGE_CONFIG,
+        &mut sink,
+    );
+    let regions_dir = path_of(
+        "regions_dir",
+        node.regions_dir,
+        DEFAULT_REGIONS_DIR,
+        &mut sink,
+    );
+    let trusted_proxies: Vec<IpNet> = node
+        .trusted_proxies
+        .unwrap_or_default()
+        .into_iter()
+        .map(|cidr| cidr.0)
+        .collect();
+    let location = location_known.then(|| EdgeLocation {
+        region: region.clone(),
+        edge_config: edge_config.clone(),
+        regions_dir: regions_dir.clone(),
+    });
+
+    // [tls]
+    let tls = build_tls(table.get("tls"), &root.field("tls"), &base_dir, &mut sink);
+
+    // [[listen]]
+    let mut plain: Vec<(Listener, Claim)> = Vec::new();
+    let mut secure: Vec<(TlsListener, Claim)> = Vec::new();
+    let listen_key = root.field("listen");
+    match table.get("listen") {
+        None => plain.push((
+            Listener {
+                addr: DEFAULT_LISTEN,
+                proxy_protocol: false,
+            },
+            Claim {
+                addr: DEFAULT_LISTEN,
+                key: listen_key.clone(),
+                label: String::from("the default listener"),
+            },
+        )),
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let key = listen_key.index(i);
+                let Value::Table(entry) = item else {
+                    sink.push(&key, format!("expected a table, found {}", describe(item)));
+                    continue;
+                };
+                let parsed = table_section::<RawListen>(entry, &key, &mut sink);
+                let raw = &parsed.value;
+                let tls_on = raw.tls.unwrap_or(false);
+                let proxy_protocol = raw.proxy_protocol.unwrap_or(false);
+                if proxy_protocol && proxies_known && trusted_proxies.is_empty() {
+                    sink.push(
+                        &key.field("proxy_protocol"),
+                        "requires node.trusted_proxies to list the proxies allowed to send PROXY headers",
+                    );
+                }
+                if raw.min_version.is_some() && !tls_on {
+                    sink.push(
+                        &key.field("min_version"),
+                        "only allowed on a TLS listener (tls = true)",
+                    );
+                }
+                if tls_on && tls.declared == 0 {
+                    sink.push(
+                        &key.field("tls"),
+                        "a TLS listener needs at least one [[tls.certificates]] entry",
+                    );
+                }
+                let Some(addr) = raw.addr.map(|a| a.0) else {
+                    if !parsed.is_bad("addr") {
+                        sink.push(
+                            &key.field("addr"),
+                            "required key is missing (expected a socket address like \"127.0.0.1:8080\")",
+                        );
+                    }
+                    continue;
+                };
+                let claim = Claim {
+                    addr,
+                    key: key.field("addr"),
+                    label: key.to_string(),
+                };
+                if tls_on {
+                    let min_version = raw.min_version.map_or(tls.min_version, |v| v.0);
+                    secure.push((
+                        TlsListener {
+                            addr,
+                            proxy_protocol,
+                            min_version,
+                            certificates: tls.certificates.clone(),
+                        },
+                        claim,
+                    ));
+                } else {
+                    plain.push((
+                        Listener {
+                            addr,
+                            proxy_protocol,
+                        },
+                        claim,
+                    ));
+                }
+            }
+        }
+        Some(other) => sink.push(
+            &listen_key,
+            format!(
+                "expected an array of tables ([[listen]]), found {}",
+                describe(other)
+            ),
+        ),
+    }
+
+    // [admin]
+    let admin_key = root.field("admin");
+    let admin = section::<RawAdmin>(table.get("admin"), &admin_key, &mut sink)
+        .map(|p| p.value)
+        .unwrap_or_default();
+    let mut admin_listen = admin.listen.map_or(DEFAULT_ADMIN_LISTEN, |a| a.0);
+    let token_key = admin_key.field("token");
+    let mut token = admin.token;
+    if let Some(file_token) = &token
+        && let Err(message) = validate::admin_token(file_token)
+    {
+        sink.push(&token_key, message);
+    }
+
+    // [limits]
+    let limits = build_limits(table.get("limits"), &root.field("limits"), &mut sink);
+
+    // Overrides.
+    if let Some(addr) = overrides.listen {
+        plain = vec![(
+            Listener {
+                addr,
+                proxy_protocol: false,
+            },
+            Claim {
+                addr,
+                key: listen_key.clone(),
+                label: String::from("the listen override"),
+            },
+        )];
+    }
+    if let Some(addr) = overrides.tls_listen {
+        if tls.declared == 0 {
+            sink.push(
+                &root.field("tls").field("certificates"),
+                "the tls_listen override needs at least one [[tls.certificates]] entry",
+            );
+        }
+        secure = vec![(
+            TlsListener {
+                addr,
+                proxy_protocol: false,
+                min_version: tls.min_version,
+                certificates: tls.certificates.clone(),
+            },
+            Claim {
+                addr,
+                key: listen_key.clone(),
+                label: String::from("the tls_listen override"),
+            },
+        )];
+    }
+    let mut admin_label = String::from("admin.listen");
+    if let Some(addr) = overrides.admin_listen {
+        admin_listen = addr;
+        admin_label = String::from("the admin_listen override");
+    }
+    if let Some(override_token) = &overrides.admin_token {
+        if let Err(message) = validate::admin_token(override_token) {
+            sink.push(&token_key, format!("{message} (from overrides)"));
+        }
+        token = Some(override_token.clone());
+    }
+
+    // Whole-file checks.
+    if plain.is_empty() && secure.is_empty() && table.get("listen").is_some_and(Value::is_array) {
+        sink.push(&listen_key, "no listeners: add a [[listen]] entry, or remove `listen = []` to get the default 127.0.0.1:8080");
+    }
+    if token.is_none() && !admin_listen.ip().is_loopback() {
+        sink.push(
+            &token_key,
+            format!(
+                "required because {admin_label} ({admin_listen}) is not a loopback address; set admin.token or listen on 127.0.0.1"
+            ),
+        );
+    }
+    let mut claims: Vec<Claim> = plain.iter().map(|(_, c)| c.clone()).collect();
+    claims.extend(secure.iter().map(|(_, c)| c.clone()));
+    claims.push(Claim {
+        addr: admin_listen,
+        key: admin_key.field("listen"),
+        label: admin_label,
+    });
+    for (i, claim) in claims.iter().enumerate() {
+        // Port 0 asks the OS for a fresh port each time: never a clash.
+        if claim.addr.port() == 0 {
+            continue;
+        }
+        if let Some(earlier) = claims.iter().take(i).find(|c| c.addr == claim.addr) {
+            sink.push(
+                &claim.key,
+                format!("{} is already used by {}", claim.addr, earlier.label),
+            );
+        }
+    }
+
+    let bootstrap = Bootstrap {
+        region,
+        listeners: plain.into_iter().map(|(l, _)| l).collect(),
+        tls_listeners: secure.into_iter().map(|(l, _)| l).collect(),
+        admin: Admin {
+            listen: admin_listen,
+            token,
+        },
+        limits,
+        trusted_proxies,
+        edge_config,
+        regions_dir,
+    };
+    let result = match ConfigErrors::from_vec(sink.into_errors()) {
+        None => Ok(bootstrap),
+        Some(errors) => Err(errors),
+    };
+    Built { location, result }
+}
+
+struct TlsSettings {
+    min_version: TlsVersion,
+    certificates: Vec<Certificate>,
+    /// Entries written in the file, valid or not: "no certificates" is only
+    /// reported when there are none at all.
+    declared: usize,
+}
+
+fn build_tls(
+    value: Option<&Value>,
+    key: &Key,
+    base_dir: &std::path::Path,
+    sink: &mut Sink<'_>,
+) -> TlsSettings {
+    let mut settings = TlsSettings {
+        min_version: DEFAULT_TLS_MIN_VERSION,
+        certificates: Vec::new(),
+        declared: 0,
+    };
+    let mut table = match value {
+        None => return settings,
+        Some(Value::Table(table)) => table.clone(),
+        Some(other) => {
+            sink.push(key, format!("expected a table, found {}", describe(other)));
+            return settings;
+        }
+    };
+    let certificates = table.remove("certificates");
+    let parsed = table_section::<RawTls>(&table, key, sink);
+    if let Some(version) = parsed.value.min_version {
+        settings.min_version = version.0;
+    }
+    let certs_key = key.field("certificates");
+    let entries = match certificates {
+        None => Vec::new(),
+        Some(Value::Array(entries)) => entries,
+        Some(other) => {
+            sink.push(
+                &certs_key,
+                format!(
+                    "expected an array of tables ([[tls.certificates]]), found {}",
+                    describe(&other)
+                ),
+            );
+            Vec::new()
+        }
+    };
+    settings.declared = entries.len();
+    for (i, entry) in entries.iter().enumerate() {
+        let key = certs_key.index(i);
+        let Value::Table(entry) = entry else {
+            sink.push(&key, format!("expected a table, found {}", describe(entry)));
+            continue;
+        };
+        let errors_before = sink.error_count();
+        let mut parsed = table_section::<RawCertificate>(entry, &key, sink);
+        let raw = std::mem::take(&mut parsed.value);
+        let mut server_names = Vec::new();
+        match raw.server_names {
+            Some(names) if names.is_empty() => {
+                sink.push(&key.field("server_names"), "expected at least one name, found an empty array");
+            }
+            Some(names) => {
+                for (j, name) in names.iter().enumerate() {
+                    match validate::server_name_pattern(name) {
+                        Ok(name) => server_names.push(name),
+                        Err(message) => sink.push(&key.field("server_names").index(j), message),
+                    }
+                }
+            }
+            None if parsed.is_bad("server_names") => {}
+            None => sink.push(
+                &key.field("server_names"),
+                "required key is missing (expected names like [\"example.com\", \"*.example.com\"])",
+            ),
+        }
+        let file = |name: &str, value: Option<String>, sink: &mut Sink<'_>| -> Option<PathBuf> {
+            let file_key = key.field(name);
+            match value {
+                Some(path) if path.is_empty() => {
+                    sink.push(
+                        &file_key,
+                        "expected a path to a PEM file, found an empty string",
+                    );
+                    None
+                }
+                Some(path) => {
+                    let path = validate::resolve(base_dir, &path);
+                    match validate::existing_file(&path) {
+                        Ok(()) => Some(path),
+                        Err(message) => {
+                            sink.push(&file_key, message);
+                            None
+                        }
+                    }
+                }
+                None => {
+                    if !parsed.is_bad(name) {
+                        sink.push(
+                            &file_key,
+                            "required key is missing (expected a path to a PEM file)",
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        let cert = file("cert", raw.cert, sink);
+        let private_key = file("key", raw.key, sink);
+        if let (Some(cert), Some(key)) = (cert, private_key)
+            && sink.error_count() == errors_before
+        {
+            settings.certificates.push(Certificate {
+                server_names,
+                cert,
+                key,
+            });
+        }
+    }
+    settings
+}
+
+fn build_limits(value: Option<&Value>, key: &Key, sink: &mut Sink<'_>) -> Limits {
+    let mut limits = Limits::default();
+    let Some(parsed) = section::<RawLimits>(value, key, sink) else {
+        return limits;
+    };
+    let raw = parsed.value;
+    if let Some(size) = raw.max_header_bytes {
+        match usize::try_from(size.0) {
+            Ok(bytes) if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&size.0) => {
+                limits.max_header_bytes = bytes
+            }
+            _ => sink.push(
+                &key.field("max_header_bytes"),
+                format!(
+                    "expected between {} and {}, found {}",
+                    format_size(MIN_HEADER_BYTES),
+                    format_size(MAX_HEADER_BYTES),
+                    format_size(size.0)
+                ),
+            ),
+        }
+    }
+    if let Some(count) = raw.max_headers {
+        positive(
+            &mut limits.max_headers,
+            count.0,
+            &key.field("max_headers"),
+            sink,
+        );
+    }
+    if let Some(size) = raw.max_body_bytes {
+        limits.max_body_bytes = size.0;
+    }
+    if let Some(count) = raw.max_connections {
+        positive(
+            &mut limits.max_connections,
+            count.0,
+            &key.field("max_connections"),
+            sink,
+        );
+    }
+    for (name, field, value, zero_ok) in [
+        (
+            "header_read_timeout",
+            &mut limits.header_read_timeout,
+            raw.header_read_timeout,
+            false,
+        ),
+        (
+            "idle_timeout",
+            &mut limits.idle_timeout,
+            raw.idle_timeout,
+            false,
+        ),
+        (
+            "shutdown_grace",
+            &mut limits.shutdown_grace,
+            raw.shutdown_grace,
+            true,
+        ),
+    ] {
+        if let Some(duration) = value {
+            match check_duration(duration.0, zero_ok) {
+                Ok(d) => *field = d,
+                Err(message) => sink.push(&key.field(name), message),
+            }
+        }
+    }
+    limits
+}
+
+fn positive(field: &mut usize, value: usize, key: &Key, sink: &mut Sink<'_>) {
+    if value == 0 {
+        sink.push(key, "expected a positive integer, found 0");
+    } else {
+        *field = value;
+    }
+}
+
+/// Timeouts must be positive (`zero_ok` for grace periods) and at most a day.
+pub(crate) fn check_duration(
+    duration: Duration,
+    zero_ok: bool,
+) -> std::result::Result<Duration, String> {
+    if duration.is_zero() && !zero_ok {
+        Err(String::from(
+            "expected a positive duration like \"2s\", found \"0s\"",
+        ))
+    } else if duration > MAX_DURATION {
+        Err(format!(
+            "expected at most {}, found \"{}\"",
+            format_duration(MAX_DURATION),
+            format_duration(duration)
+        ))
+    } else {
+        Ok(duration)
+    }
+}

@@ -1,0 +1,640 @@
+//! The edge config (`[upstreams.*]`, `[routes.*]`, and an overlay's `[region]`): global file and region overlay merged, then validated into an [`EdgeConfig`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+use crate::bootstrap::check_duration;
+use crate::error::{ConfigError, ConfigErrors, FileInfo, Key, Result, Sink, toml_string};
+use crate::merge::{MAIN, OVERLAY, Origins, Provenance, merge};
+use crate::raw::{RawRegion, RawRoute, RawUpstream, check_keys, describe, section, table_section};
+use crate::types::{
+    EdgeConfig, HostHeader, HostMatch, Route, RouteTarget, Scheme, StaticSite, Upstream,
+    UpstreamProtocol, UpstreamTls,
+};
+use crate::validate;
+
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const DEFAULT_POOL_MAX_IDLE: usize = 64;
+pub(crate) const DEFAULT_INDEX: &str = "index.html";
+
+const TABLES: &[&str] = &["upstreams", "routes", "region"];
+
+/// A configuration file given as text: the global edge config or a region overlay.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Shown in error messages; an overlay's file stem must equal its `[region] id`.
+    pub name: &'a Path,
+    pub text: &'a str,
+    /// Relative paths in the file (static roots, CA files) resolve against this.
+    pub base_dir: &'a Path,
+}
+
+/// Parses `text` as a TOML table; syntax errors carry line and column.
+pub(crate) fn parse_toml(text: &str, file: &Path) -> std::result::Result<Table, ConfigError> {
+    text.parse::<Table>().map_err(|error| {
+        let message = error.message().trim().replace('\n', "; ");
+        let position = error
+            .span()
+            .map(|span| {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        ConfigError::new(file, "", format!("invalid TOML{position}: {message}"))
+    })
+}
+
+fn file_info(source: &Source<'_>) -> FileInfo {
+    FileInfo {
+        name: source.name.to_path_buf(),
+        base_dir: validate::absolute(source.base_dir),
+    }
+}
+
+/// Merges `overlay` over `global` and validates the result for `region`.
+pub(crate) fn parse(
+    global: Source<'_>,
+    overlay: Option<Source<'_>>,
+    region: &str,
+) -> Result<EdgeConfig> {
+    let main = file_info(&global);
+    let over = overlay.as_ref().map(file_info);
+    let mut errors = Vec::new();
+    let global_table = parse_toml(global.text, global.name)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let overlay_table = match &overlay {
+        Some(source) => parse_toml(source.text, source.name)
+            .map_err(|e| errors.push(e))
+            .ok(),
+        None => None,
+    };
+    let Some(mut table) = global_table else {
+        return Err(ConfigErrors(errors));
+    };
+    if overlay.is_some() && overlay_table.is_none() {
+        return Err(ConfigErrors(errors));
+    }
+
+    if table.remove("region").is_some() {
+        errors.push(ConfigError::new(
+            &main.name,
+            "region",
+            "the [region] table belongs only in region overlays (regions/<id>.toml)",
+        ));
+    }
+    let mut provenance = Provenance::default();
+    provenance.record_table(&table, MAIN);
+    if let (Some(overlay_table), Some(source)) = (overlay_table, &overlay) {
+        if !overlay_table.contains_key("region") {
+            errors.push(ConfigError::new(
+                source.name,
+                "region",
+                "a region overlay needs a [region] table with id, name and jurisdiction",
+            ));
+        }
+        merge(&mut table, overlay_table, OVERLAY, &mut provenance);
+    }
+    let origins = Origins::merged(main, over, provenance);
+    let mut sink = Sink::new(&origins);
+    match &overlay {
+        Some(source) => {
+            let stem = source.name.file_stem().and_then(|s| s.to_str());
+            if table.contains_key("region") {
+                check_region(table.get("region"), stem, region, &mut sink);
+            }
+        }
+        None => {
+            if let Err(message) = validate::check_region_id(region) {
+                sink.push(&Key::root().field("node").field("region"), message);
+            }
+        }
+    }
+    let config = build(&table, region, &mut sink);
+    errors.extend(sink.into_errors());
+    match ConfigErrors::from_vec(errors) {
+        None => Ok(config),
+        Some(errors) => Err(errors),
+    }
+}
+
+/// The overlay's `[region]` table: its id must be the file's stem and the node's region.
+fn check_region(value: Option<&Value>, stem: Option<&str>, region: &str, sink: &mut Sink<'_>) {
+    let key = Key::root().field("region");
+    let Some(parsed) = section::<RawRegion>(value, &key, sink) else {
+        return;
+    };
+    let raw = &parsed.value;
+    let required =
+        |name: &str, value: &Option<String>, what: &str, sink: &mut Sink<'_>| -> Option<String> {
+            match value {
+                Some(v) if v.trim().is_empty() => {
+                    sink.push(
+                        &key.field(name),
+                        format!("expected {what}, found an empty string"),
+                    );
+                    None
+                }
+                Some(v) => Some(v.clone()),
+                None if parsed.is_bad(name) => None,
+                None => {
+                    sink.push(
+                        &key.field(name),
+                        format!("required key is missing (expected {what})"),
+                    );
+                    None
+                }
+            }
+        };
+    let id = required("id", &raw.id, "the region id, e.g. \"eu-central-1\"", sink);
+    required(
+        "name",
+        &raw.name,
+        "a human-readable name, e.g. \"Europe (Frankfurt)\"",
+        sink,
+    );
+    let jurisdiction = required(
+        "jurisdiction",
+        &raw.jurisdiction,
+        "a code like \"EU\" or \"US\"",
+        sink,
+    );
+    if let Some(id) = id {
+        if let Err(message) = validate::check_region_id(&id) {
+            sink.push(&key.field("id"), message);
+        } else if let Some(stem) = stem.filter(|stem| *stem != id) {
+            sink.push(
+                &key.field("id"),
+                format!(
+                    "expected {} (the overlay's file name), found {}",
+                    toml_string(stem),
+                    toml_string(&id)
+                ),
+            );
+        } else if id != region {
+            sink.push(
+                &key.field("id"),
+                format!(
+                    "this overlay is for region {} but the node's region is {}",
+                    toml_string(&id),
+                    toml_string(region)
+                ),
+            );
+        }
+    }
+    if let Some(code) = jurisdiction
+        && (code.len() != 2 || !code.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        sink.push(
+            &key.field("jurisdiction"),
+            format!(
+                "expected a two-letter upper-case code like \"EU\", \"US\" or \"SG\", found {}",
+                toml_string(&code)
+            ),
+        );
+    }
+}
+
+/// Validates the merged edge document.
+fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
+    let root = Key::root();
+    check_keys(
+        table,
+        TABLES,
+        &root,
+        &|name| match name {
+            "node" | "listen" | "tls" | "admin" | "limits" => {
+                Some("node-local settings belong in the bootstrap file (node.toml)")
+            }
+            "upstream" | "route" => Some("did you mean the plural?"),
+            _ => None,
+        },
+        sink,
+    );
+
+    let upstreams_key = root.field("upstreams");
+    let upstream_tables = named_tables(table.get("upstreams"), &upstreams_key, "upstreams", sink);
+    let declared: BTreeSet<&str> = upstream_tables
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let mut upstreams = BTreeMap::new();
+    for (name, value) in &upstream_tables {
+        if let Some(upstream) = build_upstream(name, value, &upstreams_key.field(name), sink) {
+            upstreams.insert(name.clone(), upstream);
+        }
+    }
+
+    let routes_key = root.field("routes");
+    let route_tables = named_tables(table.get("routes"), &routes_key, "routes", sink);
+    let mut routes = Vec::new();
+    let mut seen: BTreeMap<(Vec<String>, String), String> = BTreeMap::new();
+    for (name, value) in &route_tables {
+        let key = routes_key.field(name);
+        let Some(route) = build_route(name, value, &key, &declared, sink) else {
+            continue;
+        };
+        let mut hosts: Vec<String> = route.hosts.iter().map(host_text).collect();
+        hosts.sort();
+        let identity = (hosts, route.path_prefix.clone());
+        if let Some(first) = seen.get(&identity) {
+            sink.push(
+                &key.field("path"),
+                format!(
+                    "route {} has the same hosts and path ({}) as route {}",
+                    toml_string(name),
+                    toml_string(&route.path_prefix),
+                    toml_string(first)
+                ),
+            );
+            continue;
+        }
+        seen.insert(identity, name.clone());
+        routes.push(route);
+    }
+
+    EdgeConfig {
+        region: region.to_owned(),
+        upstreams,
+        routes,
+    }
+}
+
+/// `[upstreams.<name>]` / `[routes.<name>]`: a table of named tables.
+fn named_tables(
+    value: Option<&Value>,
+    key: &Key,
+    what: &str,
+    sink: &mut Sink<'_>,
+) -> Vec<(String, Value)> {
+    match value {
+        None => Vec::new(),
+        Some(Value::Table(table)) => table.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(other) => {
+            sink.push(
+                key,
+                format!(
+                    "expected a table of {what} ([{what}.<name>]), found {}",
+                    describe(other)
+                ),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// `example.com` / `*.example.com`, as written.
+pub(crate) fn host_text(host: &HostMatch) -> String {
+    match host {
+        HostMatch::Exact(name) => name.clone(),
+        HostMatch::Suffix(suffix) => format!("*{suffix}"),
+    }
+}
+
+fn build_upstream(name: &str, value: &Value, key: &Key, sink: &mut Sink<'_>) -> Option<Upstream> {
+    let before = sink.error_count();
+    if let Err(message) = validate::check_name(name) {
+        sink.push(key, format!("invalid upstream name: {message}"));
+    }
+    let Value::Table(table) = value else {
+        sink.push(
+            key,
+            format!(
+                "expected a table ([upstreams.{}]), found {}",
+                crate::error::toml_key(name),
+                describe(value)
+            ),
+        );
+        return None;
+    };
+    let parsed = table_section::<RawUpstream>(table, key, sink);
+    let raw = &parsed.value;
+
+    let targets_key = key.field("targets");
+    let mut scheme = None;
+    let mut targets = Vec::new();
+    match &raw.targets {
+        None if parsed.is_bad("targets") => {}
+        None => sink.push(
+            &targets_key,
+            "required key is missing (expected URLs like [\"http://127.0.0.1:9000\"])",
+        ),
+        Some(urls) if urls.is_empty() => sink.push(
+            &targets_key,
+            "expected at least one URL, found an empty array",
+        ),
+        Some(urls) => {
+            for (i, url) in urls.iter().enumerate() {
+                match validate::parse_target(url) {
+                    Ok((target_scheme, authority)) => {
+                        let first = *scheme.get_or_insert(target_scheme);
+                        if first != target_scheme {
+                            sink.push(
+                                &targets_key.index(i),
+                                format!("all targets must use the same scheme; {} differs from the first", toml_string(url)),
+                            );
+                        } else if targets.contains(&authority) {
+                            sink.push(
+                                &targets_key.index(i),
+                                format!("{} is listed twice", toml_string(url)),
+                            );
+                        } else {
+                            targets.push(authority);
+                        }
+                    }
+                    Err(message) => sink.push(&targets_key.index(i), message),
+                }
+            }
+        }
+    }
+    let scheme = scheme.unwrap_or(Scheme::Http);
+
+    let duration =
+        |field: &str, value: Option<Duration>, default: Duration, sink: &mut Sink<'_>| match value
+            .map(|d| check_duration(d, false))
+        {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(message)) => {
+                sink.push(&key.field(field), message);
+                default
+            }
+        };
+    let connect_timeout = duration(
+        "connect_timeout",
+        raw.connect_timeout.map(|d| d.0),
+        DEFAULT_CONNECT_TIMEOUT,
+        sink,
+    );
+    let first_byte_timeout = duration(
+        "first_byte_timeout",
+        raw.first_byte_timeout.map(|d| d.0),
+        DEFAULT_FIRST_BYTE_TIMEOUT,
+        sink,
+    );
+    let total_timeout = duration(
+        "total_timeout",
+        raw.total_timeout.map(|d| d.0),
+        DEFAULT_TOTAL_TIMEOUT,
+        sink,
+    );
+    let pool_idle_timeout = duration(
+        "pool_idle_timeout",
+        raw.pool_idle_timeout.map(|d| d.0),
+        DEFAULT_POOL_IDLE_TIMEOUT,
+        sink,
+    );
+
+    let https_only = |field: &str, sink: &mut Sink<'_>| {
+        sink.push(
+            &key.field(field),
+            "only allowed for https upstreams (the targets use http)",
+        );
+    };
+    let mut ca_file = None;
+    if let Some(path) = &raw.ca_file {
+        let ca_key = key.field("ca_file");
+        if scheme == Scheme::Http {
+            https_only("ca_file", sink);
+        } else if path.is_empty() {
+            sink.push(
+                &ca_key,
+                "expected a path to a PEM file, found an empty string",
+            );
+        } else {
+            let path = validate::resolve(sink.base_dir(&ca_key), path);
+            match validate::existing_file(&path) {
+                Ok(()) => ca_file = Some(path),
+                Err(message) => sink.push(&ca_key, message),
+            }
+        }
+    }
+    let mut server_name = None;
+    if let Some(name) = &raw.server_name {
+        if scheme == Scheme::Http {
+            https_only("server_name", sink);
+        } else {
+            match validate::upstream_server_name(name) {
+                Ok(name) => server_name = Some(name),
+                Err(message) => sink.push(&key.field("server_name"), message),
+            }
+        }
+    }
+
+    if sink.error_count() > before {
+        return None;
+    }
+    Some(Upstream {
+        name: name.to_owned(),
+        scheme,
+        targets,
+        protocol: raw.protocol.map_or(UpstreamProtocol::Http1, |p| p.0),
+        connect_timeout,
+        first_byte_timeout,
+        total_timeout,
+        pool_idle_timeout,
+        pool_max_idle: raw.pool_max_idle.map_or(DEFAULT_POOL_MAX_IDLE, |c| c.0),
+        tls: (scheme == Scheme::Https).then_some(UpstreamTls {
+            ca_file,
+            server_name,
+        }),
+    })
+}
+
+fn build_route(
+    name: &str,
+    value: &Value,
+    key: &Key,
+    upstreams: &BTreeSet<&str>,
+    sink: &mut Sink<'_>,
+) -> Option<Route> {
+    let before = sink.error_count();
+    if let Err(message) = validate::check_name(name) {
+        sink.push(key, format!("invalid route name: {message}"));
+    }
+    let Value::Table(table) = value else {
+        sink.push(
+            key,
+            format!(
+                "expected a table ([routes.{}]), found {}",
+                crate::error::toml_key(name),
+                describe(value)
+            ),
+        );
+        return None;
+    };
+    let parsed = table_section::<RawRoute>(table, key, sink);
+    let raw = &parsed.value;
+
+    // hosts
+    let hosts_key = key.field("hosts");
+    let mut hosts: Vec<HostMatch> = Vec::new();
+    let mut any_host = false;
+    for (i, pattern) in raw.hosts.iter().flatten().enumerate() {
+        match validate::host_pattern(pattern) {
+            Ok(None) => any_host = true,
+            Ok(Some(host)) if hosts.contains(&host) => {
+                sink.push(
+                    &hosts_key.index(i),
+                    format!("{} is listed twice", toml_string(pattern)),
+                );
+            }
+            Ok(Some(host)) => hosts.push(host),
+            Err(message) => sink.push(&hosts_key.index(i), message),
+        }
+    }
+    if any_host && !hosts.is_empty() {
+        sink.push(
+            &hosts_key,
+            "\"*\" (any host) cannot be combined with other hosts",
+        );
+    }
+
+    // path
+    let path_key = key.field("path");
+    let path_prefix = match &raw.path {
+        Some(path) => validate::path_prefix(path)
+            .map_err(|message| sink.push(&path_key, message))
+            .ok(),
+        None if parsed.is_bad("path") => None,
+        None => {
+            sink.push(
+                &path_key,
+                "required key is missing (expected a path prefix like \"/\" or \"/api\")",
+            );
+            None
+        }
+    };
+
+    // target
+    let target = match (&raw.static_dir, &raw.upstream) {
+        (Some(_), Some(_)) => {
+            sink.push(
+                key,
+                "set either \"static\" (a directory) or \"upstream\" (an upstream name), not both",
+            );
+            None
+        }
+        (Some(dir), None) => {
+            if raw.host_header.is_some() {
+                sink.push(
+                    &key.field("host_header"),
+                    "only allowed on upstream routes (this route is static)",
+                );
+            }
+            let index = raw
+                .index
+                .clone()
+                .unwrap_or_else(|| DEFAULT_INDEX.to_owned());
+            if let Err(message) = validate::index_name(&index) {
+                sink.push(&key.field("index"), message);
+            }
+            let static_key = key.field("static");
+            if dir.is_empty() {
+                sink.push(
+                    &static_key,
+                    "expected a directory path, found an empty string",
+                );
+                None
+            } else {
+                let root = validate::resolve(sink.base_dir(&static_key), dir);
+                match validate::existing_dir(&root) {
+                    Ok(()) => Some(RouteTarget::Static(StaticSite { root, index })),
+                    Err(message) => {
+                        sink.push(&static_key, message);
+                        None
+                    }
+                }
+            }
+        }
+        (None, Some(upstream)) => {
+            if raw.index.is_some() {
+                sink.push(
+                    &key.field("index"),
+                    "only allowed on static routes (this route uses an upstream)",
+                );
+            }
+            if upstreams.contains(upstream.as_str()) {
+                Some(RouteTarget::Upstream(upstream.clone()))
+            } else {
+                let known = if upstreams.is_empty() {
+                    String::from("no upstreams are defined")
+                } else {
+                    format!(
+                        "known: {}",
+                        upstreams.iter().copied().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                sink.push(
+                    &key.field("upstream"),
+                    format!("no upstream named {} ({known})", toml_string(upstream)),
+                );
+                None
+            }
+        }
+        (None, None) => {
+            if !parsed.is_bad("static") && !parsed.is_bad("upstream") {
+                sink.push(
+                    key,
+                    "missing a target: set \"static\" (a directory) or \"upstream\" (an upstream name)",
+                );
+            }
+            None
+        }
+    };
+
+    let host_header = match (&raw.host_header, &target) {
+        (Some(value), Some(RouteTarget::Upstream(_))) => validate::host_header(value)
+            .map_err(|message| sink.push(&key.field("host_header"), message))
+            .unwrap_or(HostHeader::Preserve),
+        _ => HostHeader::Preserve,
+    };
+
+    // response_headers
+    let headers_key = key.field("response_headers");
+    let mut response_headers = Vec::new();
+    for (header, value) in raw.response_headers.iter().flatten() {
+        let header_key = headers_key.field(header);
+        let name = match validate::response_header_name(header) {
+            Ok(name) => name,
+            Err(message) => {
+                sink.push(&header_key, message);
+                continue;
+            }
+        };
+        if response_headers.iter().any(|(n, _)| n == name) {
+            sink.push(
+                &header_key,
+                format!(
+                    "{} is set twice (header names ignore case)",
+                    toml_string(name.as_str())
+                ),
+            );
+            continue;
+        }
+        match validate::header_value(value) {
+            Ok(value) => response_headers.push((name, value)),
+            Err(message) => sink.push(&header_key, message),
+        }
+    }
+
+    if sink.error_count() > before {
+        return None;
+    }
+    Some(Route {
+        name: name.to_owned(),
+        hosts,
+        path_prefix: path_prefix?,
+        target: target?,
+        host_header,
+        response_headers,
+    })
+}

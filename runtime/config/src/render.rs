@@ -1,0 +1,214 @@
+//! The effective configuration as TOML text, in the files' own schema with every default filled in (`cathedral config check`).
+
+use std::path::Path;
+
+use crate::edge::host_text;
+use crate::error::{toml_key, toml_string};
+use crate::size::{format_duration, format_size};
+use crate::types::{
+    Bootstrap, EdgeConfig, HostHeader, RouteTarget, Scheme, TlsVersion, Upstream, UpstreamProtocol,
+};
+
+/// Renders `bootstrap` and `edge` as one TOML document: the bootstrap
+/// tables (`[node]`, `[[listen]]`, `[[tls.certificates]]`, `[admin]`,
+/// `[limits]`), then the edge tables (`[upstreams.*]`, `[routes.*]`).
+/// Every default is written out; paths are absolute; the admin token is
+/// shown as `"<redacted>"`. Each part parses back to the same values.
+pub fn render_effective(bootstrap: &Bootstrap, edge: &EdgeConfig) -> String {
+    let mut doc = Doc::default();
+    doc.line("# Effective configuration: every default filled in, relative paths resolved.");
+    doc.line(&format!(
+        "# Bootstrap (node-local) tables first, then the edge config merged with the overlay of region {}.",
+        toml_string(&edge.region)
+    ));
+    render_bootstrap(&mut doc, bootstrap);
+    render_edge(&mut doc, edge);
+    doc.0
+}
+
+#[derive(Default)]
+struct Doc(String);
+
+impl Doc {
+    fn line(&mut self, line: &str) {
+        self.0.push_str(line);
+        self.0.push('\n');
+    }
+
+    fn table(&mut self, header: &str) {
+        self.0.push('\n');
+        self.line(header);
+    }
+
+    fn value(&mut self, key: &str, value: &str) {
+        self.line(&format!("{} = {value}", toml_key(key)));
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.value(key, &toml_string(value));
+    }
+
+    fn path(&mut self, key: &str, path: &Path) {
+        self.string(key, &path.to_string_lossy());
+    }
+
+    fn strings<S: AsRef<str>>(&mut self, key: &str, values: &[S]) {
+        let items: Vec<String> = values.iter().map(|v| toml_string(v.as_ref())).collect();
+        self.value(key, &format!("[{}]", items.join(", ")));
+    }
+}
+
+fn tls_version(version: TlsVersion) -> &'static str {
+    match version {
+        TlsVersion::Tls12 => "1.2",
+        TlsVersion::Tls13 => "1.3",
+    }
+}
+
+fn render_bootstrap(doc: &mut Doc, b: &Bootstrap) {
+    doc.table("[node]");
+    doc.string("region", &b.region);
+    doc.path("edge_config", &b.edge_config);
+    doc.path("regions_dir", &b.regions_dir);
+    let proxies: Vec<String> = b.trusted_proxies.iter().map(ToString::to_string).collect();
+    doc.strings("trusted_proxies", &proxies);
+
+    for listener in &b.listeners {
+        doc.table("[[listen]]");
+        doc.string("addr", &listener.addr.to_string());
+        doc.value("tls", "false");
+        doc.value("proxy_protocol", &listener.proxy_protocol.to_string());
+    }
+    for listener in &b.tls_listeners {
+        doc.table("[[listen]]");
+        doc.string("addr", &listener.addr.to_string());
+        doc.value("tls", "true");
+        doc.value("proxy_protocol", &listener.proxy_protocol.to_string());
+        doc.string("min_version", tls_version(listener.min_version));
+    }
+    if b.listeners.is_empty() && b.tls_listeners.is_empty() {
+        doc.table("# no listeners");
+    }
+    // Every TLS listener carries all certificates; show them once.
+    if let Some(listener) = b.tls_listeners.first() {
+        for certificate in &listener.certificates {
+            doc.table("[[tls.certificates]]");
+            doc.strings("server_names", &certificate.server_names);
+            doc.path("cert", &certificate.cert);
+            doc.path("key", &certificate.key);
+        }
+    }
+
+    doc.table("[admin]");
+    doc.string("listen", &b.admin.listen.to_string());
+    match &b.admin.token {
+        Some(_) => doc.string("token", "<redacted>"),
+        None => doc.line("# token: not set (allowed because the admin address is loopback)"),
+    }
+
+    let l = &b.limits;
+    doc.table("[limits]");
+    doc.string(
+        "max_header_bytes",
+        &format_size(u64::try_from(l.max_header_bytes).unwrap_or(u64::MAX)),
+    );
+    doc.value("max_headers", &l.max_headers.to_string());
+    doc.string("max_body_bytes", &format_size(l.max_body_bytes));
+    doc.string(
+        "header_read_timeout",
+        &format_duration(l.header_read_timeout),
+    );
+    doc.string("idle_timeout", &format_duration(l.idle_timeout));
+    doc.value("max_connections", &l.max_connections.to_string());
+    doc.string("shutdown_grace", &format_duration(l.shutdown_grace));
+}
+
+fn render_edge(doc: &mut Doc, edge: &EdgeConfig) {
+    if edge.upstreams.is_empty() {
+        doc.table("# no upstreams");
+    }
+    for upstream in edge.upstreams.values() {
+        render_upstream(doc, upstream);
+    }
+    if edge.routes.is_empty() {
+        doc.table("# no routes: every request is answered 404");
+    }
+    for route in &edge.routes {
+        doc.table(&format!("[routes.{}]", toml_key(&route.name)));
+        let hosts: Vec<String> = if route.hosts.is_empty() {
+            vec![String::from("*")]
+        } else {
+            route.hosts.iter().map(host_text).collect()
+        };
+        doc.strings("hosts", &hosts);
+        doc.string("path", &route.path_prefix);
+        match &route.target {
+            RouteTarget::Static(site) => {
+                doc.path("static", &site.root);
+                doc.string("index", &site.index);
+            }
+            RouteTarget::Upstream(name) => {
+                doc.string("upstream", name);
+                let host_header = match &route.host_header {
+                    HostHeader::Preserve => "preserve",
+                    HostHeader::Upstream => "upstream",
+                    HostHeader::Fixed(host) => host,
+                };
+                doc.string("host_header", host_header);
+            }
+        }
+        if !route.response_headers.is_empty() {
+            doc.table(&format!(
+                "[routes.{}.response_headers]",
+                toml_key(&route.name)
+            ));
+            for (name, value) in &route.response_headers {
+                let value = String::from_utf8_lossy(value.as_bytes());
+                doc.string(name.as_str(), &value);
+            }
+        }
+    }
+}
+
+fn render_upstream(doc: &mut Doc, upstream: &Upstream) {
+    doc.table(&format!("[upstreams.{}]", toml_key(&upstream.name)));
+    let scheme = match upstream.scheme {
+        Scheme::Http => "http",
+        Scheme::Https => "https",
+    };
+    let targets: Vec<String> = upstream
+        .targets
+        .iter()
+        .map(|t| format!("{scheme}://{t}"))
+        .collect();
+    doc.strings("targets", &targets);
+    let protocol = match upstream.protocol {
+        UpstreamProtocol::Http1 => "http1",
+        UpstreamProtocol::Http2 => "h2",
+    };
+    doc.string("protocol", protocol);
+    doc.string(
+        "connect_timeout",
+        &format_duration(upstream.connect_timeout),
+    );
+    doc.string(
+        "first_byte_timeout",
+        &format_duration(upstream.first_byte_timeout),
+    );
+    doc.string("total_timeout", &format_duration(upstream.total_timeout));
+    doc.string(
+        "pool_idle_timeout",
+        &format_duration(upstream.pool_idle_timeout),
+    );
+    doc.value("pool_max_idle", &upstream.pool_max_idle.to_string());
+    if let Some(tls) = &upstream.tls {
+        match &tls.ca_file {
+            Some(path) => doc.path("ca_file", path),
+            None => doc.line("# ca_file: not set, the system roots are trusted"),
+        }
+        match &tls.server_name {
+            Some(name) => doc.string("server_name", name),
+            None => doc.line("# server_name: not set, each target's host is verified"),
+        }
+    }
+}

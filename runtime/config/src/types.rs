@@ -1,0 +1,194 @@
+//! Validated configuration types: what the rest of the node consumes.
+//!
+//! Every value here has been parsed and checked: durations are `Duration`,
+//! sizes are byte counts, addresses are `SocketAddr`, names refer to things
+//! that exist. Nothing in this file touches the file system.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// The local, per-node part of the configuration. It never comes from a
+/// bundle: listeners, certificates, the admin token, the region, limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bootstrap {
+    /// The region this node serves; selects `regions/<region>.toml`.
+    pub region: String,
+    /// Plain HTTP listeners (HTTP/1.1 and h2c with prior knowledge).
+    pub listeners: Vec<Listener>,
+    /// TLS listeners (HTTP/1.1 and h2 by ALPN).
+    pub tls_listeners: Vec<TlsListener>,
+    pub admin: Admin,
+    pub limits: Limits,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` / PROXY header is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Where the activated edge config is read from in local mode.
+    pub edge_config: PathBuf,
+    /// Directory holding one `<region>.toml` overlay per region.
+    pub regions_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// Expect a PROXY protocol (v1 or v2) header from a trusted proxy.
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    pub proxy_protocol: bool,
+    pub min_version: TlsVersion,
+    /// Chosen by SNI; the first one is the default when SNI is absent or unknown.
+    pub certificates: Vec<Certificate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    /// Names this certificate answers for: exact (`example.com`) or
+    /// wildcard (`*.example.com`, one label).
+    pub server_names: Vec<String>,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Bearer token required on every admin request. Required unless the
+    /// admin address is loopback.
+    pub token: Option<String>,
+}
+
+/// Connection and request limits, each with a documented default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Total bytes of the request line and headers (default 16 KiB) → 431.
+    pub max_header_bytes: usize,
+    /// Number of request headers (default 100) → 431.
+    pub max_headers: usize,
+    /// Request body bytes (default 10 MiB) → 413.
+    pub max_body_bytes: u64,
+    /// Time allowed to receive the request head (default 10 s); slower
+    /// clients are disconnected.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this (default 60 s).
+    pub idle_timeout: Duration,
+    /// Open client connections at most (default 10 000); excess waits in
+    /// the accept backlog.
+    pub max_connections: usize,
+    /// How long in-flight requests get to finish on shutdown (default 30 s).
+    pub shutdown_grace: Duration,
+}
+
+/// The activated configuration: routes, upstreams and everything later
+/// issues add. Comes from local files or from a signed bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeConfig {
+    /// The region whose overlay was merged in.
+    pub region: String,
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// In no particular order: the router picks the most specific match.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub name: String,
+    pub scheme: Scheme,
+    /// `host:port` authorities, tried round-robin; at least one.
+    pub targets: Vec<String>,
+    pub protocol: UpstreamProtocol,
+    /// Default 2 s.
+    pub connect_timeout: Duration,
+    /// Until response headers arrive, default 30 s.
+    pub first_byte_timeout: Duration,
+    /// Whole exchange including the body, default 300 s.
+    pub total_timeout: Duration,
+    /// Idle pooled connections are dropped after this, default 90 s.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept per target, default 64.
+    pub pool_max_idle: usize,
+    /// Only for `https` upstreams.
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM CA bundle; `None` means the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// SNI and verified name; `None` means the target's host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub name: String,
+    /// Empty means any host.
+    pub hosts: Vec<HostMatch>,
+    /// Starts with `/`. Matches on whole segments: `/api` matches `/api`
+    /// and `/api/x`, not `/apix`.
+    pub path_prefix: String,
+    pub target: RouteTarget,
+    pub host_header: HostHeader,
+    /// Added to every response of this route.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Lower-cased, no port.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: matches any name ending in it.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteTarget {
+    /// Name of an entry in `EdgeConfig::upstreams`.
+    Upstream(String),
+    Static(StaticSite),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticSite {
+    /// In local mode a directory; absolute after loading.
+    pub root: PathBuf,
+    /// File served for a path ending in `/`, default `index.html`.
+    pub index: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostHeader {
+    /// Forward the client's `Host` (default).
+    Preserve,
+    /// Use the upstream target's authority.
+    Upstream,
+    /// Use this value.
+    Fixed(String),
+}

@@ -1,0 +1,605 @@
+//! Value checks shared by the bootstrap and the edge config: names, host names, URLs, paths, headers, files.
+//!
+//! Each check returns the normalized value or a message saying what was
+//! expected and what was found; callers attach the key and file.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Component, Path, PathBuf};
+
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{HeaderName, HeaderValue};
+
+use crate::error::toml_string;
+use crate::types::{HostHeader, HostMatch, Scheme};
+
+/// Upstream and route names: they appear in logs, metrics and error messages.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a name of at most 64 letters, digits, '-' and '_', found {}",
+            toml_string(name)
+        ))
+    }
+}
+
+/// Region ids name a file (`regions/<id>.toml`), so they are kept plain.
+pub(crate) fn check_region_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a region id like \"us-east-1\" (lower-case letters, digits and '-'), found {}",
+            toml_string(id)
+        ))
+    }
+}
+
+/// A DNS name, lower-cased: labels of letters, digits and '-', not starting
+/// or ending with '-', at most 63 bytes each and 253 in all.
+fn dns_name(name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let ok = !lower.is_empty() && lower.len() <= 253 && lower.split('.').all(label_ok);
+    ok.then_some(lower)
+}
+
+/// A host as it appears in a `Host` header without the port: a DNS name,
+/// an IPv4 address or a bracketed IPv6 address. Lower-cased.
+fn host_name(host: &str) -> Option<String> {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<Ipv6Addr>().ok().map(|ip| format!("[{ip}]"));
+    }
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return Some(host.to_owned());
+    }
+    dns_name(host)
+}
+
+/// A certificate's server name: exact (`example.com`) or a one-label
+/// wildcard (`*.example.com`). Lower-cased.
+pub(crate) fn server_name_pattern(pattern: &str) -> Result<String, String> {
+    let checked = match pattern.strip_prefix("*.") {
+        Some(rest) => dns_name(rest).map(|rest| format!("*.{rest}")),
+        None => dns_name(pattern),
+    };
+    checked.ok_or_else(|| {
+        format!(
+            "expected a DNS name like \"example.com\" or \"*.example.com\", found {}",
+            toml_string(pattern)
+        )
+    })
+}
+
+/// A TLS server name for an upstream: a DNS name or an IP address.
+pub(crate) fn upstream_server_name(name: &str) -> Result<String, String> {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(name.to_owned());
+    }
+    dns_name(name).ok_or_else(|| {
+        format!(
+            "expected a DNS name like \"origin.example.com\" or an IP address, found {}",
+            toml_string(name)
+        )
+    })
+}
+
+/// A route host: exact, `*.suffix`, or `*` (any host, returned as `None`).
+pub(crate) fn host_pattern(pattern: &str) -> Result<Option<HostMatch>, String> {
+    if pattern == "*" {
+        return Ok(None);
+    }
+    let matched = match pattern.strip_prefix("*.") {
+        Some(rest) => dns_name(rest).map(|rest| HostMatch::Suffix(format!(".{rest}"))),
+        None => host_name(pattern).map(HostMatch::Exact),
+    };
+    match matched {
+        Some(host) => Ok(Some(host)),
+        None if pattern.contains(':') && !pattern.starts_with('[') => Err(format!(
+            "expected a host name without a port, found {}",
+            toml_string(pattern)
+        )),
+        None => Err(format!(
+            "expected a host like \"example.com\", \"*.example.com\" or \"*\", found {}",
+            toml_string(pattern)
+        )),
+    }
+}
+
+pub(crate) const URL_EXPECTED: &str = r#"a URL like "http://127.0.0.1:9000""#;
+
+/// An upstream target URL: `http` or `https`, a host, an optional port, no
+/// path (or `/`), query, fragment or user info. Returns the scheme and the
+/// `host:port` authority with the port defaulted to 80 or 443.
+pub(crate) fn parse_target(url: &str) -> Result<(Scheme, String), String> {
+    let quoted = toml_string(url);
+    let expected = || format!("expected {URL_EXPECTED}, found {quoted}");
+    if url.contains('#') {
+        return Err(format!("{quoted}: a target URL has no fragment"));
+    }
+    let uri: Uri = url.parse().map_err(|_| expected())?;
+    let scheme = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+        Some(other) => {
+            return Err(format!(
+                "{quoted}: unsupported scheme {} (expected \"http\" or \"https\")",
+                toml_string(other)
+            ));
+        }
+        None => return Err(expected()),
+    };
+    let Some(authority) = uri.authority() else {
+        return Err(expected());
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{quoted}: a target URL has no user info (credentials)"
+        ));
+    }
+    let host = host_name(authority.host()).ok_or_else(expected)?;
+    let port = match authority.port_u16() {
+        Some(0) => return Err(format!("{quoted}: port 0 is not a valid target port")),
+        Some(port) => port,
+        None if authority.as_str().ends_with(':') => return Err(expected()),
+        None => match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        },
+    };
+    if !matches!(uri.path(), "" | "/") {
+        return Err(format!(
+            "{quoted}: a target URL has no path (found {}); routes choose paths",
+            toml_string(uri.path())
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{quoted}: a target URL has no query"));
+    }
+    Ok((scheme, format!("{host}:{port}")))
+}
+
+/// A route's path prefix: starts with `/`, whole segments (no empty, `.` or
+/// `..` segment), no query or fragment. A trailing `/` (except the root) is
+/// dropped: `/api/` and `/api` are the same prefix.
+pub(crate) fn path_prefix(path: &str) -> Result<String, String> {
+    let quoted = toml_string(path);
+    if !path.starts_with('/') {
+        return Err(format!(
+            "expected a path starting with \"/\", found {quoted}"
+        ));
+    }
+    if path.contains(['?', '#']) {
+        return Err(format!(
+            "expected a path without query or fragment, found {quoted}"
+        ));
+    }
+    if path.parse::<PathAndQuery>().is_err()
+        || path.contains(|c: char| c.is_whitespace() || c == '%')
+    {
+        return Err(format!(
+            "expected a path of URL characters (no spaces, no percent-encoding), found {quoted}"
+        ));
+    }
+    if path == "/" {
+        return Ok(path.to_owned());
+    }
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let body = trimmed.strip_prefix('/').unwrap_or(trimmed);
+    if body.split('/').any(|seg| matches!(seg, "" | "." | "..")) {
+        return Err(format!(
+            "expected a path without empty, \".\" or \"..\" segments, found {quoted}"
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A static site's index file name: one path segment.
+pub(crate) fn index_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || matches!(name, "." | "..") || name.contains(['/', '\\', '\0']) {
+        Err(format!(
+            "expected a file name like \"index.html\", found {}",
+            toml_string(name)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Response header names that describe the connection or the message
+/// framing, which a route must not set.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "content-length",
+];
+
+/// A response header name: valid, lower-cased, not hop-by-hop or framing.
+pub(crate) fn response_header_name(name: &str) -> Result<HeaderName, String> {
+    let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        format!(
+            "expected a header name like \"x-frame-options\", found {}",
+            toml_string(name)
+        )
+    })?;
+    if FORBIDDEN_HEADERS.contains(&parsed.as_str()) {
+        return Err(format!(
+            "{} is a hop-by-hop or framing header and cannot be set by a route",
+            toml_string(parsed.as_str())
+        ));
+    }
+    Ok(parsed)
+}
+
+/// A header value: visible ASCII, spaces and tabs.
+pub(crate) fn header_value(value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value).map_err(|_| {
+        format!(
+            "expected a header value of visible ASCII characters, found {}",
+            toml_string(value)
+        )
+    })
+}
+
+/// `"preserve"`, `"upstream"`, or a fixed `host[:port]`.
+pub(crate) fn host_header(value: &str) -> Result<HostHeader, String> {
+    match value {
+        "preserve" => Ok(HostHeader::Preserve),
+        "upstream" => Ok(HostHeader::Upstream),
+        fixed => {
+            let valid = fixed
+                .parse::<Authority>()
+                .ok()
+                .filter(|a| !a.as_str().contains('@') && host_name(a.host()).is_some())
+                .is_some()
+                && HeaderValue::from_str(fixed).is_ok();
+            if valid {
+                Ok(HostHeader::Fixed(fixed.to_owned()))
+            } else {
+                Err(format!(
+                    "expected \"preserve\", \"upstream\" or a host like \"origin.example.com\", found {}",
+                    toml_string(fixed)
+                ))
+            }
+        }
+    }
+}
+
+/// A bearer token: visible ASCII without spaces.
+pub(crate) fn admin_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err(String::from("expected a token, found an empty string"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(String::from(
+            "expected a token of visible ASCII characters without spaces (the value is not shown)",
+        ));
+    }
+    Ok(())
+}
+
+/// `path` made absolute against the current directory, with `.` and `..`
+/// removed lexically.
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    normalize(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+}
+
+/// `path` as written in a file whose directory is `base_dir`.
+pub(crate) fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    absolute(&base_dir.join(path))
+}
+
+/// Removes `.` and resolves `..` lexically.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if out.file_name().is_some() {
+                    out.pop();
+                } else if !out.has_root() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+/// The path must name an existing regular file.
+pub(crate) fn existing_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(format!("{} is not a file", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(format!("file not found: {}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The path must name an existing directory.
+pub(crate) fn existing_dir(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a directory", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(format!("directory not found: {}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        fn check(url: &str, expected: Result<(Scheme, &str), &str>) {
+            let got = parse_target(url);
+            let expected = expected
+                .map(|(s, a)| (s, a.to_owned()))
+                .map_err(str::to_owned);
+            assert_eq!(got, expected, "{url}");
+        }
+        check(
+            "http://127.0.0.1:9000",
+            Ok((Scheme::Http, "127.0.0.1:9000")),
+        );
+        check(
+            "http://127.0.0.1:9000/",
+            Ok((Scheme::Http, "127.0.0.1:9000")),
+        );
+        check(
+            "https://Origin.Example.com",
+            Ok((Scheme::Https, "origin.example.com:443")),
+        );
+        check("HTTP://a", Ok((Scheme::Http, "a:80")));
+        check("http://[::1]:81", Ok((Scheme::Http, "[::1]:81")));
+        check(
+            "http://a/api",
+            Err(r#""http://a/api": a target URL has no path (found "/api"); routes choose paths"#),
+        );
+        check(
+            "http://a/?x=1",
+            Err(r#""http://a/?x=1": a target URL has no query"#),
+        );
+        check(
+            "http://u:p@a",
+            Err(r#""http://u:p@a": a target URL has no user info (credentials)"#),
+        );
+        check(
+            "http://a#f",
+            Err(r#""http://a#f": a target URL has no fragment"#),
+        );
+        check(
+            "ftp://a",
+            Err(r#""ftp://a": unsupported scheme "ftp" (expected "http" or "https")"#),
+        );
+        check(
+            "http://a:0",
+            Err(r#""http://a:0": port 0 is not a valid target port"#),
+        );
+        check(
+            "127.0.0.1:9000",
+            Err(r#"expected a URL like "http://127.0.0.1:9000", found "127.0.0.1:9000""#),
+        );
+        check(
+            "not a url",
+            Err(r#"expected a URL like "http://127.0.0.1:9000", found "not a url""#),
+        );
+        check(
+            "http://a_b",
+            Err(r#"expected a URL like "http://127.0.0.1:9000", found "http://a_b""#),
+        );
+        check(
+            "http://a:",
+            Err(r#"expected a URL like "http://127.0.0.1:9000", found "http://a:""#),
+        );
+        check(
+            "",
+            Err(r#"expected a URL like "http://127.0.0.1:9000", found """#),
+        );
+    }
+
+    #[test]
+    fn path_prefixes() {
+        fn check(path: &str, expected: Result<&str, &str>) {
+            assert_eq!(
+                path_prefix(path),
+                expected.map(str::to_owned).map_err(str::to_owned),
+                "{path}"
+            );
+        }
+        check("/", Ok("/"));
+        check("/api", Ok("/api"));
+        check("/api/", Ok("/api"));
+        check("/a/b.c/d-e_f~", Ok("/a/b.c/d-e_f~"));
+        check(
+            "api",
+            Err(r#"expected a path starting with "/", found "api""#),
+        );
+        check("", Err(r#"expected a path starting with "/", found """#));
+        check(
+            "/a?b",
+            Err(r#"expected a path without query or fragment, found "/a?b""#),
+        );
+        check(
+            "/a b",
+            Err(
+                r#"expected a path of URL characters (no spaces, no percent-encoding), found "/a b""#,
+            ),
+        );
+        check(
+            "/a%20b",
+            Err(
+                r#"expected a path of URL characters (no spaces, no percent-encoding), found "/a%20b""#,
+            ),
+        );
+        check(
+            "//",
+            Err(r#"expected a path without empty, "." or ".." segments, found "//""#),
+        );
+        check(
+            "/a//b",
+            Err(r#"expected a path without empty, "." or ".." segments, found "/a//b""#),
+        );
+        check(
+            "/a/../b",
+            Err(r#"expected a path without empty, "." or ".." segments, found "/a/../b""#),
+        );
+        check(
+            "/./",
+            Err(r#"expected a path without empty, "." or ".." segments, found "/./""#),
+        );
+    }
+
+    #[test]
+    fn hosts() {
+        fn check(pattern: &str, expected: Result<Option<HostMatch>, &str>) {
+            assert_eq!(
+                host_pattern(pattern),
+                expected.map_err(str::to_owned),
+                "{pattern}"
+            );
+        }
+        check("*", Ok(None));
+        check(
+            "Example.COM",
+            Ok(Some(HostMatch::Exact("example.com".into()))),
+        );
+        check(
+            "*.example.com",
+            Ok(Some(HostMatch::Suffix(".example.com".into()))),
+        );
+        check("127.0.0.1", Ok(Some(HostMatch::Exact("127.0.0.1".into()))));
+        check("[::1]", Ok(Some(HostMatch::Exact("[::1]".into()))));
+        check(
+            "example.com:8080",
+            Err(r#"expected a host name without a port, found "example.com:8080""#),
+        );
+        check(
+            "*.*.example.com",
+            Err(
+                r#"expected a host like "example.com", "*.example.com" or "*", found "*.*.example.com""#,
+            ),
+        );
+        check(
+            "ex ample.com",
+            Err(
+                r#"expected a host like "example.com", "*.example.com" or "*", found "ex ample.com""#,
+            ),
+        );
+        check(
+            "-a.com",
+            Err(r#"expected a host like "example.com", "*.example.com" or "*", found "-a.com""#),
+        );
+        check(
+            "a..com",
+            Err(r#"expected a host like "example.com", "*.example.com" or "*", found "a..com""#),
+        );
+        check(
+            "",
+            Err(r#"expected a host like "example.com", "*.example.com" or "*", found """#),
+        );
+        assert_eq!(
+            server_name_pattern("*.Example.com"),
+            Ok("*.example.com".to_owned())
+        );
+        assert!(server_name_pattern("*").is_err());
+        assert!(server_name_pattern("a.*.com").is_err());
+    }
+
+    #[test]
+    fn host_headers() {
+        assert_eq!(host_header("preserve"), Ok(HostHeader::Preserve));
+        assert_eq!(host_header("upstream"), Ok(HostHeader::Upstream));
+        assert_eq!(
+            host_header("origin.example.com"),
+            Ok(HostHeader::Fixed("origin.example.com".into()))
+        );
+        assert_eq!(
+            host_header("origin.example.com:8443"),
+            Ok(HostHeader::Fixed("origin.example.com:8443".into()))
+        );
+        for bad in ["", "a b", "u@host", "http://x", "Preserve!"] {
+            assert!(host_header(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn normalizing() {
+        assert_eq!(
+            normalize(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(normalize(Path::new("/../a")), PathBuf::from("/a"));
+        assert_eq!(normalize(Path::new("a/../../b")), PathBuf::from("../b"));
+        assert_eq!(normalize(Path::new("./")), PathBuf::from("."));
+        assert_eq!(
+            resolve(Path::new("/etc/cathedral"), "../regions"),
+            PathBuf::from("/etc/regions")
+        );
+        assert_eq!(
+            resolve(Path::new("/etc/cathedral"), "/srv/site"),
+            PathBuf::from("/srv/site")
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("api-v2_eu").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a.b").is_err());
+        assert!(check_name(&"a".repeat(65)).is_err());
+        assert!(check_region_id("eu-central-1").is_ok());
+        assert!(check_region_id("EU").is_err());
+        assert!(check_region_id("../etc").is_err());
+        assert!(check_region_id("-x").is_err());
+        assert!(index_name("index.html").is_ok());
+        assert!(index_name("a/index.html").is_err());
+        assert!(index_name("..").is_err());
+        assert!(response_header_name("X-Frame-Options").is_ok());
+        assert!(response_header_name("Connection").is_err());
+        assert!(response_header_name("bad header").is_err());
+        assert!(header_value("DENY").is_ok());
+        assert!(header_value("bad\nvalue").is_err());
+        assert!(admin_token("s3cret-token").is_ok());
+        assert!(admin_token("has space").is_err());
+        assert!(admin_token("").is_err());
+    }
+}
