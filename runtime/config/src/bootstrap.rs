@@ -45,8 +45,8 @@ pub(crate) const DEFAULT_TLS_MIN_VERSION: TlsVersion = TlsVersion::Tls13;
 
 /// Longest duration any setting accepts: keeps deadline arithmetic far from overflow.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
-/// Smallest header buffer hyper accepts, and a generous cap.
-const MIN_HEADER_BYTES: u64 = 8 * 1024;
+/// Below 1 KiB ordinary requests fail; above 1 MiB a header limit protects nothing.
+const MIN_HEADER_BYTES: u64 = 1024;
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 
 const TABLES: &[&str] = &["node", "listen", "tls", "admin", "limits"];
@@ -338,7 +338,8 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
     }
 
     // Whole-file checks.
-    if plain.is_empty() && secure.is_empty() && table.get("listen").is_some_and(Value::is_array) {
+    let listen_empty = matches!(table.get("listen"), Some(Value::Array(items)) if items.is_empty());
+    if plain.is_empty() && secure.is_empty() && listen_empty {
         sink.push(&listen_key, "no listeners: add a [[listen]] entry, or remove `listen = []` to get the default 127.0.0.1:8080");
     }
     if token.is_none() && !admin_listen.ip().is_loopback() {
@@ -601,8 +602,7 @@ pub(crate) fn check_duration(
         ))
     } else if duration > MAX_DURATION {
         Err(format!(
-            "expected at most {}, found \"{}\"",
-            format_duration(MAX_DURATION),
+            "expected at most \"24h\", found \"{}\"",
             format_duration(duration)
         ))
     } else {

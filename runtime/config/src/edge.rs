@@ -626,6 +626,8 @@ fn build_route(
         }
     }
 
+    response_headers.sort_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
+
     if sink.error_count() > before {
         return None;
     }

@@ -200,9 +200,23 @@ pub(crate) fn toml_key(name: &str) -> String {
     }
 }
 
-/// A TOML basic string literal, quoted and escaped.
+/// A TOML basic string literal on one line, quoted and escaped.
 pub(crate) fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Where a file's values came from, for error messages and relative paths.
@@ -265,6 +279,23 @@ mod tests {
             both.to_string(),
             "a.toml: routes.x.path: required\na.toml: cannot read file"
         );
+    }
+
+    #[test]
+    fn strings_are_quoted_on_one_line() {
+        for (input, expected) in [
+            ("plain", r#""plain""#),
+            ("a \"quote\"", r#""a \"quote\"""#),
+            ("back\\slash", r#""back\\slash""#),
+            ("line\nbreak\ttab\r", r#""line\nbreak\ttab\r""#),
+            ("bell\u{7}", r#""bell\u0007""#),
+            ("ünïcödé", r#""ünïcödé""#),
+        ] {
+            assert_eq!(toml_string(input), expected);
+            let parsed: toml::Value =
+                toml::from_str::<toml::Table>(&format!("v = {expected}")).unwrap()["v"].clone();
+            assert_eq!(parsed.as_str(), Some(input), "{expected} parses back");
+        }
     }
 
     #[test]

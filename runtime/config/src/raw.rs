@@ -481,6 +481,11 @@ pub(crate) fn humanize(message: &str) -> (String, Option<String>) {
         if let Some(rest) = message.strip_prefix(prefix)
             && let Some((found, expected)) = rest.split_once(", expected ")
         {
+            let expected = match expected {
+                "a sequence" => "an array",
+                "a map" => "a table",
+                other => other,
+            };
             return (
                 format!("expected {expected}, found {}", found_text(found)),
                 None,

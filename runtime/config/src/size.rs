@@ -8,7 +8,7 @@ pub(crate) const SIZE_EXPECTED: &str =
 /// What a duration looks like, for error messages.
 pub(crate) const DURATION_EXPECTED: &str = r#"a duration like "2s""#;
 
-/// Units from largest to smallest, for rendering; parsing accepts all.
+/// Every unit parsing accepts, with its multiplier.
 const UNITS: &[(&str, u64)] = &[
     ("GiB", 1 << 30),
     ("MiB", 1 << 20),
@@ -54,15 +54,17 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(multiplier).ok_or_else(too_large)
 }
 
-/// Renders a byte size in the largest binary unit that divides it exactly
-/// (`16KiB`, `10MiB`), else in bytes (`1500B`). Parses back to the same value.
+/// Renders a byte size in the largest unit that divides it exactly
+/// (`16KiB`, `10MiB`, `1GB`, `1500B`). Parses back to the same value.
 pub(crate) fn format_size(bytes: u64) -> String {
-    for (name, multiplier) in UNITS.iter().filter(|(name, _)| name.contains('i')) {
-        if bytes != 0 && bytes.is_multiple_of(*multiplier) {
-            return format!("{}{name}", bytes / multiplier);
-        }
+    let unit = UNITS
+        .iter()
+        .filter(|(_, multiplier)| bytes != 0 && bytes.is_multiple_of(*multiplier))
+        .max_by_key(|(_, multiplier)| *multiplier);
+    match unit {
+        Some((name, multiplier)) => format!("{}{name}", bytes / multiplier),
+        None => format!("{bytes}B"),
     }
-    format!("{bytes}B")
 }
 
 /// Parses a humantime duration: `"500ms"`, `"10s"`, `"5m"`, `"1h 30m"`.
@@ -146,7 +148,9 @@ mod tests {
         for (bytes, text) in [
             (0, "0B"),
             (1, "1B"),
-            (1000, "1000B"),
+            (1000, "1KB"),
+            (1001, "1001B"),
+            (2_000_000_000, "2GB"),
             (1024, "1KiB"),
             (16 * 1024, "16KiB"),
             (1536, "1536B"),

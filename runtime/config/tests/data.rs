@@ -1,0 +1,106 @@
+//! The shipped data parses: `edge-config/node.toml` with every region overlay in `regions/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use cathedral_config::{Overrides, RouteTarget, Scheme, load, render_effective};
+
+fn repo() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).to_path_buf()
+}
+
+fn regions() -> Vec<String> {
+    let mut regions: Vec<String> = std::fs::read_dir(repo().join("regions"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .map(|path| path.file_stem().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    regions.sort();
+    regions
+}
+
+#[test]
+fn demo_config_loads_as_shipped() {
+    let node = repo().join("edge-config/node.toml");
+    let (bootstrap, edge) = load(&node, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bootstrap.region, "us-east-1");
+    assert_eq!(bootstrap.listeners.len(), 1);
+    assert_eq!(bootstrap.listeners[0].addr.to_string(), "127.0.0.1:8080");
+    assert_eq!(bootstrap.admin.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(bootstrap.admin.token, None);
+    assert!(bootstrap.regions_dir.ends_with("regions"));
+    assert!(
+        !bootstrap.regions_dir.to_string_lossy().contains(".."),
+        "paths are normalized"
+    );
+
+    let site = edge
+        .routes
+        .iter()
+        .find(|r| r.name == "site")
+        .expect("route site");
+    let RouteTarget::Static(static_site) = &site.target else {
+        panic!("route site is not static: {site:?}");
+    };
+    assert!(static_site.root.join("index.html").is_file());
+    assert!(static_site.root.join("404.html").is_file());
+    let api = edge
+        .routes
+        .iter()
+        .find(|r| r.name == "api")
+        .expect("route api");
+    assert_eq!(api.path_prefix, "/api");
+    assert_eq!(api.target, RouteTarget::Upstream("api".into()));
+    assert_eq!(edge.upstreams["api"].targets, ["127.0.0.1:9000"]);
+}
+
+#[test]
+fn every_region_loads() {
+    let regions = regions();
+    assert_eq!(
+        regions,
+        [
+            "ap-southeast-1",
+            "ap-southeast-2",
+            "eu-central-1",
+            "us-east-1",
+            "us-west-2"
+        ]
+    );
+    let node = repo().join("edge-config/node.toml");
+    for region in regions {
+        let overrides = Overrides {
+            region: Some(region.clone()),
+            ..Overrides::default()
+        };
+        let (bootstrap, edge) =
+            load(&node, &overrides).unwrap_or_else(|e| panic!("region {region}:\n{e}"));
+        assert_eq!(bootstrap.region, region);
+        assert_eq!(edge.region, region);
+        // Every region labels its responses.
+        for route in &edge.routes {
+            let label = route
+                .response_headers
+                .iter()
+                .find(|(name, _)| name == "x-edge-region")
+                .map(|(_, value)| value.to_str().unwrap());
+            assert_eq!(
+                label,
+                Some(region.as_str()),
+                "route {} in {region}",
+                route.name
+            );
+        }
+        // Regions away from the origin go through an https origin shield.
+        let api = &edge.upstreams["api"];
+        let expected = if region == "us-east-1" {
+            Scheme::Http
+        } else {
+            Scheme::Https
+        };
+        assert_eq!(api.scheme, expected, "{region}");
+        common::round_trip(&bootstrap, &edge, &render_effective(&bootstrap, &edge));
+    }
+}
