@@ -1,1 +1,10 @@
-//! e2e
+//! End-to-end tests: the real node on loopback, real origins, real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod lifecycle;
+mod limits;
+mod protocols;
+mod proxy;
+mod routing;
+mod static_content;

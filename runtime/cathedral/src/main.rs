@@ -17,7 +17,11 @@ use tracing::{error, info, warn};
 const DEFAULT_CONFIG: &str = "edge-config/node.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "cathedral", version, about = "Cathedral: an edge compute runtime on WebAssembly")]
+#[command(
+    name = "cathedral",
+    version,
+    about = "Cathedral: an edge compute runtime on WebAssembly"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,12 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
     /// Admin bearer token; required when the admin listener is not loopback.
-    #[arg(long, env = "CATHEDRAL_ADMIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "CATHEDRAL_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     admin_token: Option<String>,
     /// Quick mode: one catch-all route proxying to this origin, everything
     /// else at defaults (like varnishd -b).
@@ -172,7 +181,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     let loaded = match &args.upstream {
         Some(url) => quick_mode(url, args.config.as_deref(), &overrides),
         None => {
-            let path = args.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+            let path = args
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
             cathedral_config::load(&path, &overrides).map(|(bootstrap, edge)| {
                 let source: Arc<dyn ConfigSource> = Arc::new(FileSource {
                     bootstrap: bootstrap.clone(),
@@ -186,7 +198,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(errors) => return config_failure(&errors),
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -205,7 +220,11 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 type Loaded = (Bootstrap, EdgeConfig, Arc<dyn ConfigSource>);
 
-fn quick_mode(url: &str, config: Option<&Path>, overrides: &Overrides) -> Result<Loaded, ConfigErrors> {
+fn quick_mode(
+    url: &str,
+    config: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<Loaded, ConfigErrors> {
     let bootstrap = match config {
         Some(path) => cathedral_config::load_bootstrap(path, overrides)?,
         None => cathedral_config::default_bootstrap(overrides)?,
@@ -215,9 +234,15 @@ fn quick_mode(url: &str, config: Option<&Path>, overrides: &Overrides) -> Result
     Ok((bootstrap, edge, source))
 }
 
-async fn run(bootstrap: Bootstrap, edge: EdgeConfig, source: Arc<dyn ConfigSource>) -> anyhow::Result<()> {
+async fn run(
+    bootstrap: Bootstrap,
+    edge: EdgeConfig,
+    source: Arc<dyn ConfigSource>,
+) -> anyhow::Result<()> {
     let region = bootstrap.region.clone();
-    let node = Node::start(bootstrap, edge, source).await.context("cannot start the node")?;
+    let node = Node::start(bootstrap, edge, source)
+        .await
+        .context("cannot start the node")?;
     for addr in node.http_addrs() {
         info!(url = %format!("http://{addr}"), region = %region, "serving");
     }
@@ -252,19 +277,27 @@ async fn run(bootstrap: Bootstrap, edge: EdgeConfig, source: Arc<dyn ConfigSourc
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
 }
 
 fn self_signed(out: &Path, names: Vec<String>) -> anyhow::Result<()> {
-    let cert = rcgen::generate_simple_self_signed(names.clone()).context("cannot generate a certificate")?;
+    let cert = rcgen::generate_simple_self_signed(names.clone())
+        .context("cannot generate a certificate")?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let cert_path = out.join("cert.pem");
     let key_path = out.join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).with_context(|| format!("cannot write {}", cert_path.display()))?;
+    std::fs::write(&cert_path, cert.cert.pem())
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
     write_private(&key_path, cert.key_pair.serialize_pem().as_bytes())?;
     eprintln!(
         "wrote {} and {} for {}",
@@ -285,6 +318,7 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(data).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

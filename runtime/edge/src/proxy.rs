@@ -188,10 +188,13 @@ fn tunnel(
     });
     let (mut parts, _) = upstream_resp.into_parts();
     // Keep the upgrade handshake fields; drop the other hop-by-hop ones.
-    let connection = parts.headers.remove(header::CONNECTION);
+    let upgrade = parts.headers.remove(header::UPGRADE);
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(c) = connection {
-        parts.headers.insert(header::CONNECTION, c);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = upgrade {
+        parts.headers.insert(header::UPGRADE, u);
     }
     append_via(&mut parts.headers, Version::HTTP_11);
     Response::from_parts(parts, crate::body::empty())

@@ -123,7 +123,11 @@ impl UpstreamClient {
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let timeout = self.config.first_byte_timeout;
+        // The total timeout bounds the wait for the head too.
+        let timeout = self
+            .config
+            .first_byte_timeout
+            .min(self.config.total_timeout);
         let target = self.config.name.as_str();
         match tokio::time::timeout(timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
