@@ -159,14 +159,25 @@ pub(crate) fn parse_target(url: &str) -> Result<(Scheme, String), String> {
         ));
     }
     let host = host_name(authority.host()).ok_or_else(expected)?;
-    let port = match authority.port_u16() {
-        Some(0) => return Err(format!("{quoted}: port 0 is not a valid target port")),
-        Some(port) => port,
-        None if authority.as_str().ends_with(':') => return Err(expected()),
-        None => match scheme {
+    // What follows the host: "" or ":<port>".
+    let port_text = authority
+        .as_str()
+        .get(authority.host().len()..)
+        .unwrap_or("");
+    let port = match port_text.strip_prefix(':') {
+        None if port_text.is_empty() => match scheme {
             Scheme::Http => 80,
             Scheme::Https => 443,
         },
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            match digits.parse::<u16>() {
+                Ok(0) | Err(_) => {
+                    return Err(format!("{quoted}: the port must be between 1 and 65535"));
+                }
+                Ok(port) => port,
+            }
+        }
+        _ => return Err(expected()),
     };
     if !matches!(uri.path(), "" | "/") {
         return Err(format!(
@@ -412,8 +423,13 @@ mod tests {
         );
         check(
             "http://a:0",
-            Err(r#""http://a:0": port 0 is not a valid target port"#),
+            Err(r#""http://a:0": the port must be between 1 and 65535"#),
         );
+        check(
+            "https://a:99999",
+            Err(r#""https://a:99999": the port must be between 1 and 65535"#),
+        );
+        check("http://[::1]", Ok((Scheme::Http, "[::1]:80")));
         check(
             "127.0.0.1:9000",
             Err(r#"expected a URL like "http://127.0.0.1:9000", found "127.0.0.1:9000""#),

@@ -6,6 +6,8 @@
 //! loaded with `cathedral_config::load`. The directory is shown as `$DIR` in
 //! the expected output. Run with `BLESS=1` to rewrite the expected files.
 
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

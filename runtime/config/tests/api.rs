@@ -1,0 +1,419 @@
+//! The public entry points beyond the golden files: overrides, defaults, quick mode, in-memory sources, error shapes.
+
+#![allow(clippy::unwrap_used)] // a test fails by panicking
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use cathedral_config::{
+    ConfigError, HostHeader, Limits, Overrides, RouteTarget, Scheme, Source, TlsVersion,
+    UpstreamTls, default_bootstrap, load, load_bootstrap, load_edge, parse_edge, quick_upstream,
+    render_effective,
+};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Writes `files` (path, contents) under a fresh temporary directory.
+fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, contents) in files {
+        let path = dir.path().join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, contents).unwrap();
+    }
+    dir
+}
+
+const US_EAST: &str = "[region]\nid = \"us-east-1\"\nname = \"US East\"\njurisdiction = \"US\"\n";
+const EU_CENTRAL: &str =
+    "[region]\nid = \"eu-central-1\"\nname = \"Europe\"\njurisdiction = \"EU\"\n";
+
+/// Every error as `key: message`, files aside.
+fn keyed(errors: &cathedral_config::ConfigErrors) -> Vec<String> {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.key, e.message))
+        .collect()
+}
+
+#[test]
+fn defaults() {
+    let bootstrap = default_bootstrap(&Overrides::default()).unwrap();
+    assert_eq!(bootstrap.region, "us-east-1");
+    assert_eq!(bootstrap.listeners.len(), 1);
+    assert_eq!(bootstrap.listeners[0].addr, addr("127.0.0.1:8080"));
+    assert!(!bootstrap.listeners[0].proxy_protocol);
+    assert!(bootstrap.tls_listeners.is_empty());
+    assert_eq!(bootstrap.admin.listen, addr("127.0.0.1:9090"));
+    assert_eq!(bootstrap.admin.token, None);
+    assert!(bootstrap.trusted_proxies.is_empty());
+    assert!(bootstrap.edge_config.is_absolute());
+    let limits = Limits {
+        max_header_bytes: 16 * 1024,
+        max_headers: 100,
+        max_body_bytes: 10 * 1024 * 1024,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 10_000,
+        shutdown_grace: Duration::from_secs(30),
+    };
+    assert_eq!(bootstrap.limits, limits);
+    assert_eq!(Limits::default(), limits);
+}
+
+#[test]
+fn default_bootstrap_applies_and_checks_overrides() {
+    let overrides = Overrides {
+        region: Some("eu-central-1".into()),
+        listen: Some(addr("127.0.0.1:0")),
+        admin_listen: Some(addr("127.0.0.1:0")),
+        ..Overrides::default()
+    };
+    let bootstrap = default_bootstrap(&overrides).unwrap();
+    assert_eq!(bootstrap.region, "eu-central-1");
+    assert_eq!(bootstrap.listeners[0].addr, addr("127.0.0.1:0"));
+    assert_eq!(
+        bootstrap.admin.listen,
+        addr("127.0.0.1:0"),
+        "port 0 twice is no clash"
+    );
+
+    let public_admin = Overrides {
+        admin_listen: Some(addr("0.0.0.0:9090")),
+        ..Overrides::default()
+    };
+    let errors = default_bootstrap(&public_admin).unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        "<built-in defaults>: admin.token: required because the admin_listen override (0.0.0.0:9090) \
+         is not a loopback address; set admin.token or listen on 127.0.0.1"
+    );
+    let with_token = Overrides {
+        admin_token: Some("s3cret".into()),
+        ..public_admin
+    };
+    assert_eq!(
+        default_bootstrap(&with_token)
+            .unwrap()
+            .admin
+            .token
+            .as_deref(),
+        Some("s3cret")
+    );
+
+    let bad = Overrides {
+        region: Some("../../etc".into()),
+        admin_token: Some("two words".into()),
+        tls_listen: Some(addr("127.0.0.1:8443")),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        keyed(&default_bootstrap(&bad).unwrap_err()),
+        [
+            r#"node.region: expected a region id like "us-east-1" (lower-case letters, digits and '-'), found "../../etc" (from overrides)"#,
+            "tls.certificates: the tls_listen override needs at least one [[tls.certificates]] entry",
+            "admin.token: expected a token of visible ASCII characters without spaces (the value is not shown) (from overrides)",
+        ]
+    );
+}
+
+#[test]
+fn file_overrides() {
+    let node = r#"
+[node]
+trusted_proxies = ["10.0.0.0/8"]
+
+[[listen]]
+addr = "127.0.0.1:8080"
+proxy_protocol = true
+
+[[listen]]
+addr = "127.0.0.1:8081"
+
+[[listen]]
+addr = "127.0.0.1:8443"
+tls = true
+min_version = "1.2"
+
+[tls]
+min_version = "1.2"
+
+[[tls.certificates]]
+server_names = ["localhost"]
+cert = "cert.pem"
+key = "key.pem"
+
+[admin]
+token = "from-file"
+"#;
+    let dir = tree(&[("node.toml", node), ("cert.pem", "x"), ("key.pem", "x")]);
+    let path = dir.path().join("node.toml");
+
+    let from_file = load_bootstrap(&path, &Overrides::default()).unwrap();
+    assert_eq!(from_file.listeners.len(), 2);
+    assert!(from_file.listeners[0].proxy_protocol);
+    assert_eq!(from_file.tls_listeners.len(), 1);
+    assert_eq!(
+        from_file.tls_listeners[0].certificates[0].cert,
+        dir.path().join("cert.pem")
+    );
+    assert_eq!(from_file.admin.token.as_deref(), Some("from-file"));
+
+    let overrides = Overrides {
+        region: Some("eu-central-1".into()),
+        listen: Some(addr("127.0.0.1:0")),
+        tls_listen: Some(addr("127.0.0.1:0")),
+        admin_listen: Some(addr("[::1]:0")),
+        admin_token: Some("from-overrides".into()),
+    };
+    let overridden = load_bootstrap(&path, &overrides).unwrap();
+    assert_eq!(overridden.region, "eu-central-1");
+    assert_eq!(
+        overridden.listeners.len(),
+        1,
+        "listen replaces all plain listeners"
+    );
+    assert_eq!(overridden.listeners[0].addr, addr("127.0.0.1:0"));
+    assert!(!overridden.listeners[0].proxy_protocol);
+    assert_eq!(
+        overridden.tls_listeners.len(),
+        1,
+        "tls_listen replaces all TLS listeners"
+    );
+    assert_eq!(overridden.tls_listeners[0].addr, addr("127.0.0.1:0"));
+    assert_eq!(
+        overridden.tls_listeners[0].min_version,
+        TlsVersion::Tls12,
+        "from [tls]"
+    );
+    assert_eq!(
+        overridden.tls_listeners[0].certificates,
+        from_file.tls_listeners[0].certificates
+    );
+    assert_eq!(overridden.admin.listen, addr("[::1]:0"));
+    assert_eq!(overridden.admin.token.as_deref(), Some("from-overrides"));
+
+    // The token never shows in the rendered config.
+    let edge = quick_upstream("http://127.0.0.1:9000", "eu-central-1").unwrap();
+    let rendered = render_effective(&overridden, &edge);
+    assert!(!rendered.contains("from-overrides"));
+    assert!(rendered.contains("token = \"<redacted>\""));
+}
+
+#[test]
+fn load_reports_bootstrap_and_edge_errors_together() {
+    let dir = tree(&[
+        (
+            "node.toml",
+            "[node]\nregion = \"us-east-1\"\n\n[limits]\nmax_headers = 0\n",
+        ),
+        (
+            "edge.toml",
+            "[routes.a]\npath = \"/\"\nupstream = \"missing\"\n",
+        ),
+        ("regions/us-east-1.toml", US_EAST),
+    ]);
+    let errors = load(&dir.path().join("node.toml"), &Overrides::default()).unwrap_err();
+    assert_eq!(
+        keyed(&errors),
+        [
+            "limits.max_headers: expected a positive integer, found 0",
+            r#"routes.a.upstream: no upstream named "missing" (no upstreams are defined)"#,
+        ]
+    );
+    assert_eq!(errors.0[0].file, dir.path().join("node.toml"));
+    assert_eq!(errors.0[1].file, dir.path().join("edge.toml"));
+}
+
+#[test]
+fn load_edge_region_selection() {
+    let dir = tree(&[
+        ("node.toml", ""),
+        (
+            "edge.toml",
+            "[upstreams.o]\ntargets = [\"http://127.0.0.1:1\"]\n",
+        ),
+        ("regions/us-east-1.toml", US_EAST),
+        ("regions/eu-central-1.toml", EU_CENTRAL),
+    ]);
+    let overrides = Overrides {
+        region: Some("eu-central-1".into()),
+        ..Overrides::default()
+    };
+    let bootstrap = load_bootstrap(&dir.path().join("node.toml"), &overrides).unwrap();
+    assert_eq!(load_edge(&bootstrap).unwrap().region, "eu-central-1");
+
+    let mut unknown = bootstrap.clone();
+    unknown.region = "ap-south-1".into();
+    let errors = load_edge(&unknown).unwrap_err();
+    assert_eq!(errors.0.len(), 1);
+    assert_eq!(errors.0[0].key, "node.region");
+    assert!(
+        errors.0[0]
+            .message
+            .ends_with("for region \"ap-south-1\" (known regions: eu-central-1, us-east-1)"),
+        "{}",
+        errors.0[0].message
+    );
+
+    // A region that is not an id never reaches the file system.
+    let mut traversal = bootstrap;
+    traversal.region = "../edge".into();
+    assert_eq!(load_edge(&traversal).unwrap_err().0[0].key, "node.region");
+}
+
+#[test]
+fn unreadable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let errors = load(&missing, &Overrides::default()).unwrap_err();
+    assert_eq!(errors.0, [ConfigError::new(&missing, "", "file not found")]);
+
+    let dir = tree(&[("node.toml", ""), ("regions/us-east-1.toml", US_EAST)]);
+    let errors = load(&dir.path().join("node.toml"), &Overrides::default()).unwrap_err();
+    assert_eq!(
+        errors.0,
+        [ConfigError::new(
+            dir.path().join("edge.toml"),
+            "",
+            "file not found"
+        )]
+    );
+
+    let dir = tree(&[("node.toml", "")]);
+    fs::write(dir.path().join("node.toml"), b"[node]\nregion = \"\xff\"\n").unwrap();
+    let errors = load(&dir.path().join("node.toml"), &Overrides::default()).unwrap_err();
+    assert_eq!(errors.0[0].message, "not UTF-8 text");
+}
+
+#[test]
+fn parse_edge_in_memory_names_the_file_of_each_key() {
+    let base = tempfile::tempdir().unwrap();
+    fs::create_dir_all(base.path().join("bundle/site")).unwrap();
+    fs::create_dir_all(base.path().join("overlays/site-eu")).unwrap();
+    let global = "[upstreams.o]\ntargets = [\"http://127.0.0.1:9000\"]\n\n[routes.site]\npath = \"/\"\nstatic = \"site\"\n";
+    let overlay = format!(
+        "{EU_CENTRAL}\n[routes.site]\nstatic = \"site-eu\"\n\n[upstreams.o]\npool_max_idle = -3\n"
+    );
+    let global_dir = base.path().join("bundle");
+    let overlay_dir = base.path().join("overlays");
+    let global_source = Source {
+        name: Path::new("bundle/edge.toml"),
+        text: global,
+        base_dir: &global_dir,
+    };
+    let overlay_source = Source {
+        name: Path::new("overlays/eu-central-1.toml"),
+        text: &overlay,
+        base_dir: &overlay_dir,
+    };
+    let errors = parse_edge(global_source, Some(overlay_source), "eu-central-1").unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        "overlays/eu-central-1.toml: upstreams.o.pool_max_idle: expected a non-negative integer, found -3"
+    );
+
+    let fixed = overlay.replace("pool_max_idle = -3", "pool_max_idle = 3");
+    let overlay_source = Source {
+        text: &fixed,
+        ..overlay_source
+    };
+    let edge = parse_edge(global_source, Some(overlay_source), "eu-central-1").unwrap();
+    let RouteTarget::Static(site) = &edge.routes[0].target else {
+        panic!("static route expected");
+    };
+    assert_eq!(
+        site.root,
+        overlay_dir.join("site-eu"),
+        "relative to the overlay that set it"
+    );
+    assert_eq!(edge.upstreams["o"].pool_max_idle, 3);
+
+    // Without an overlay; the global alone.
+    let edge = parse_edge(global_source, None, "us-east-1").unwrap();
+    let RouteTarget::Static(site) = &edge.routes[0].target else {
+        panic!("static route expected");
+    };
+    assert_eq!(site.root, global_dir.join("site"));
+
+    // The overlay must be for the node's region.
+    let errors = parse_edge(global_source, Some(overlay_source), "us-east-1").unwrap_err();
+    assert_eq!(
+        keyed(&errors),
+        [
+            r#"region.id: this overlay is for region "eu-central-1" but the node's region is "us-east-1""#
+        ]
+    );
+}
+
+#[test]
+fn quick_mode() {
+    let edge = quick_upstream("http://127.0.0.1:9000", "us-east-1").unwrap();
+    assert_eq!(edge.region, "us-east-1");
+    let upstream = &edge.upstreams["upstream"];
+    assert_eq!(upstream.scheme, Scheme::Http);
+    assert_eq!(upstream.targets, ["127.0.0.1:9000"]);
+    assert_eq!(upstream.tls, None);
+    assert_eq!(upstream.connect_timeout, Duration::from_secs(2));
+    assert_eq!(edge.routes.len(), 1);
+    let route = &edge.routes[0];
+    assert_eq!(route.name, "upstream");
+    assert!(route.hosts.is_empty());
+    assert_eq!(route.path_prefix, "/");
+    assert_eq!(route.target, RouteTarget::Upstream("upstream".into()));
+    assert_eq!(route.host_header, HostHeader::Preserve);
+
+    let tls = quick_upstream("https://origin.example.com/", "us-east-1").unwrap();
+    let upstream = &tls.upstreams["upstream"];
+    assert_eq!(upstream.scheme, Scheme::Https);
+    assert_eq!(upstream.targets, ["origin.example.com:443"]);
+    assert_eq!(
+        upstream.tls,
+        Some(UpstreamTls {
+            ca_file: None,
+            server_name: None
+        })
+    );
+
+    let errors = quick_upstream("http://127.0.0.1:9000/app", "Mars").unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        "<command line>: node.region: expected a region id like \"us-east-1\" (lower-case letters, digits and '-'), found \"Mars\"\n\
+         <command line>: upstream: \"http://127.0.0.1:9000/app\": a target URL has no path (found \"/app\"); routes choose paths"
+    );
+}
+
+/// No input panics: a few hostile documents go through every entry point.
+#[test]
+fn hostile_input_is_an_error_not_a_panic() {
+    let inputs = [
+        "",
+        "=",
+        "[[routes]]\npath = 1",
+        "routes = 1\nupstreams = []",
+        "[routes.a]\nhosts = [[]]\npath = \"/\u{0}\"\nupstream = \"\"",
+        "[routes.\"\"]\npath = \"/\"\nstatic = \"\"",
+        "[upstreams.a]\ntargets = [\"http://[::1\", \"http://\", \"https://a:99999\"]\nconnect_timeout = \"18446744073709551615s\"",
+        "[[listen]]\naddr = \"[::1]:99999\"\n[limits]\nmax_body_bytes = 1e9\nmax_connections = 9223372036854775807",
+        "node = 1\nlisten = 2\ntls = 3\nadmin = 4\nlimits = 5",
+        "[tls]\ncertificates = [1, {}]\n[[listen]]\ntls = true",
+        "[region]\nid = 5",
+    ];
+    let dir = tree(&[("regions/us-east-1.toml", US_EAST)]);
+    for input in inputs {
+        fs::write(dir.path().join("node.toml"), input).unwrap();
+        fs::write(dir.path().join("edge.toml"), input).unwrap();
+        let _ = load(&dir.path().join("node.toml"), &Overrides::default());
+        let source = Source {
+            name: Path::new("us-east-1.toml"),
+            text: input,
+            base_dir: dir.path(),
+        };
+        let _ = parse_edge(source, Some(source), "us-east-1");
+        let _ = quick_upstream(input, input);
+    }
+}
