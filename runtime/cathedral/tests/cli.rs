@@ -1,0 +1,293 @@
+//! The `cathedral` binary as operators run it: exit codes, `config check`,
+//! quick mode, SIGHUP reload and SIGTERM shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cathedral_e2e::{Origin, PATIENCE, get};
+
+fn cathedral() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cathedral"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn config_check_prints_the_effective_demo_config() {
+    let out = cathedral()
+        .current_dir(repo_root())
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[routes.site]"), "{text}");
+    assert!(
+        text.contains("idle_timeout"),
+        "defaults are filled in: {text}"
+    );
+}
+
+#[test]
+fn config_check_lists_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("regions")).unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[node]\nregion = \"xx-test-1\"\nregions_dir = \"regions\"\n[limits]\nidle_timeout = \"soon\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("regions/xx-test-1.toml"),
+        "[region]\nid = \"xx-test-1\"\nname = \"Test\"\njurisdiction = \"US\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("edge.toml"),
+        "[routes.a]\npath = \"/\"\nupstream = \"nope\"\n[routes.b]\npath = \"/b\"\nstatic = \"missing-dir\"\ncolour = \"red\"\n",
+    )
+    .unwrap();
+    let out = cathedral()
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("node.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "node.toml: limits.idle_timeout",
+        "edge.toml: routes.a.upstream",
+        "routes.b",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let out = cathedral()
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cathedral().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_everywhere() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["config", "check", "--help"],
+        &["tls", "self-signed", "--help"],
+    ] {
+        let out = cathedral().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn bind_failure_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = cathedral()
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--listen",
+            &addr,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&addr));
+}
+
+#[test]
+fn tls_self_signed_writes_a_usable_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cathedral()
+        .args(["tls", "self-signed", "--out"])
+        .arg(dir.path())
+        .args(["--name", "edge.test"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = std::fs::read_to_string(dir.path().join("cert.pem")).unwrap();
+    assert!(cert.contains("BEGIN CERTIFICATE"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// A `cathedral serve` child whose JSON log lines are read on a thread.
+struct Served {
+    child: Child,
+    lines: mpsc::Receiver<serde_json::Value>,
+}
+
+impl Served {
+    fn start(args: &[&str], dir: Option<&Path>) -> Self {
+        let mut cmd = cathedral();
+        cmd.arg("serve").args(args).args(["--log-format", "json"]);
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Served { child, lines: rx }
+    }
+
+    /// Waits for a log line whose message is `message`.
+    fn wait_for(&self, message: &str) -> serde_json::Value {
+        loop {
+            let v = self.lines.recv_timeout(PATIENCE).expect("log line in time");
+            if v["message"] == message {
+                return v;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cathedral did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_mode_serves_and_sigterm_exits_0() {
+    let origin = Origin::start().await;
+    let url = origin.url();
+    let mut served = Served::start(
+        &[
+            "--upstream",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        None,
+    );
+    let serving = tokio::task::block_in_place(|| served.wait_for("serving"));
+    let base = serving["url"].as_str().unwrap().to_owned();
+    let (status, _, body) = get(&format!("{base}/hello")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "origin:/hello"));
+
+    served.signal("-TERM");
+    let code = tokio::task::block_in_place(|| served.wait_exit());
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_files() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("regions")).unwrap();
+    std::fs::write(
+        dir.path().join("regions/us-east-1.toml"),
+        "[region]\nid = \"us-east-1\"\nname = \"US East\"\njurisdiction = \"US\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("node.toml"),
+        "[node]\nregions_dir = \"regions\"\n[[listen]]\naddr = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let edge = |label: &str| {
+        format!(
+            "[upstreams.o]\ntargets = [\"{}\"]\n[routes.all]\npath = \"/\"\nupstream = \"o\"\nresponse_headers = {{ \"x-label\" = \"{label}\" }}\n",
+            origin.url()
+        )
+    };
+    std::fs::write(dir.path().join("edge.toml"), edge("first")).unwrap();
+    let mut served = Served::start(&["--config", "node.toml"], Some(dir.path()));
+    let serving = tokio::task::block_in_place(|| served.wait_for("serving"));
+    let base = serving["url"].as_str().unwrap().to_owned();
+    let (_, headers, _) = get(&format!("{base}/")).await;
+    assert_eq!(headers["x-label"], "first");
+
+    std::fs::write(dir.path().join("edge.toml"), edge("second")).unwrap();
+    served.signal("-HUP");
+    tokio::task::block_in_place(|| served.wait_for("configuration activated"));
+    let (_, headers, _) = get(&format!("{base}/")).await;
+    assert_eq!(headers["x-label"], "second");
+
+    // A broken file is rejected; the node keeps the second config.
+    std::fs::write(dir.path().join("edge.toml"), "[routes.x]\npath = 3\n").unwrap();
+    served.signal("-HUP");
+    tokio::task::block_in_place(|| {
+        served.wait_for("configuration rejected; still serving the previous one")
+    });
+    let (_, headers, _) = get(&format!("{base}/")).await;
+    assert_eq!(headers["x-label"], "second");
+
+    served.signal("-INT");
+    assert_eq!(tokio::task::block_in_place(|| served.wait_exit()), Some(0));
+}
