@@ -94,9 +94,12 @@ pub struct DirectorySource {
     inner: Arc<DirectoryInner>,
 }
 
+/// A file's length and mtime when it was hashed, and the hash.
+type HashedAs = (u64, Option<SystemTime>, blake3::Hash);
+
 struct DirectoryInner {
     root: PathBuf,
-    hashes: Mutex<HashMap<PathBuf, (u64, Option<SystemTime>, blake3::Hash)>>,
+    hashes: Mutex<HashMap<PathBuf, HashedAs>>,
 }
 
 impl fmt::Debug for DirectorySource {

@@ -42,7 +42,7 @@ impl<T> Router<T> {
                 entries.push((host, route, rank));
             }
         }
-        entries.sort_by(|a, b| b.2.cmp(&a.2));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.2));
         let entries = entries
             .into_iter()
             .map(|(host, route, _)| Entry {

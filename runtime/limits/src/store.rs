@@ -100,8 +100,9 @@ impl Shard {
     /// Inserts a key not yet present, making room first if the shard is at
     /// its cap or its table is full.
     pub(crate) fn insert(&mut self, digest: u64, entry: Entry, now: u64, grace: u64) {
-        if self.table.len() >= self.cap || self.table.len() >= self.table.capacity() {
-            self.rebuild(now, grace);
+        let at_cap = self.table.len() >= self.cap;
+        if at_cap || self.table.len() >= self.table.capacity() {
+            self.rebuild(now, grace, at_cap);
         }
         self.table.insert(digest, entry);
     }
@@ -113,23 +114,24 @@ impl Shard {
         self.table.retain(|_, e| !e.idle(now, grace));
         let removed = before - self.table.len();
         if self.full_capacity > MIN_CAPACITY && self.table.len() * 4 < self.full_capacity {
-            self.rebuild(now, grace);
+            self.rebuild(now, grace, false);
         }
         removed
     }
 
     /// Moves the live entries into a fresh table sized for growth (double the
-    /// live entries, at most `cap`). If the live entries alone fill the cap,
-    /// evicts the ones that would expire soonest until an eighth of the cap is
-    /// free. Afterwards `len < capacity` and `len < cap`.
-    fn rebuild(&mut self, now: u64, grace: u64) {
+    /// live entries, at most `cap`). To `make_room` at the cap, it also evicts
+    /// the live entries that would expire soonest until an eighth of the cap
+    /// is free, so this O(cap) rebuild runs at most once per `cap / 8` new
+    /// keys. Afterwards `len < capacity` and `len < cap`.
+    fn rebuild(&mut self, now: u64, grace: u64, make_room: bool) {
         let old = mem::take(&mut self.table);
         let mut live: Vec<(u64, Entry)> = old
             .into_iter()
             .filter(|(_, e)| !e.idle(now, grace))
             .collect();
-        if live.len() >= self.cap {
-            let keep = self.cap - (self.cap / 8).max(1);
+        let keep = self.cap - (self.cap / 8).max(1);
+        if live.len() >= self.cap || (make_room && live.len() > keep) {
             let evict = live.len() - keep;
             if keep > 0 {
                 live.select_nth_unstable_by_key(evict, |(_, e)| e.expires_at());
@@ -238,6 +240,21 @@ mod tests {
         shard.insert(100, entry(1000), 500, 0);
         assert_eq!(shard.len(), 9);
         assert!((1..16).step_by(2).all(|d| shard.get(d).is_some()));
+    }
+
+    #[test]
+    fn making_room_frees_an_eighth_even_when_few_are_idle() {
+        let mut shard = Shard::new(16);
+        for d in 0..16 {
+            // Only digest 0 is idle at time 500.
+            shard.insert(d, entry(if d == 0 { 100 } else { 1000 + d }), 0, 0);
+        }
+        shard.insert(100, entry(5000), 500, 0);
+        // 16 - 16/8 kept (the idle one and the soonest to expire went), then
+        // the new key.
+        assert_eq!(shard.len(), 15);
+        assert!(shard.get(0).is_none() && shard.get(1).is_none());
+        assert!(shard.get(2).is_some() && shard.get(100).is_some());
     }
 
     #[test]
