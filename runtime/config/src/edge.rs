@@ -236,28 +236,50 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
     let routes_key = root.field("routes");
     let route_tables = named_tables(table.get("routes"), &routes_key, "routes", sink);
     let mut routes = Vec::new();
-    let mut seen: BTreeMap<(Vec<String>, String), String> = BTreeMap::new();
+    // Each (host pattern, path) pair may belong to one route only: two
+    // routes sharing one would tie in the router.
+    let mut claimed: BTreeMap<(String, String), (String, Vec<String>)> = BTreeMap::new();
     for (name, value) in &route_tables {
         let key = routes_key.field(name);
         let Some(route) = build_route(name, value, &key, &declared, sink) else {
             continue;
         };
         let mut hosts: Vec<String> = route.hosts.iter().map(host_text).collect();
+        if hosts.is_empty() {
+            hosts.push(String::from("*"));
+        }
         hosts.sort();
-        let identity = (hosts, route.path_prefix.clone());
-        if let Some(first) = seen.get(&identity) {
-            sink.push(
-                &key.field("path"),
+        let clash = hosts.iter().find_map(|host| {
+            claimed
+                .get(&(host.clone(), route.path_prefix.clone()))
+                .map(|c| (host, c))
+        });
+        if let Some((host, (first, first_hosts))) = clash {
+            let message = if *first_hosts == hosts {
                 format!(
                     "route {} has the same hosts and path ({}) as route {}",
                     toml_string(name),
                     toml_string(&route.path_prefix),
                     toml_string(first)
-                ),
-            );
+                )
+            } else {
+                format!(
+                    "route {} and route {} both match host {} with path {}",
+                    toml_string(name),
+                    toml_string(first),
+                    toml_string(host),
+                    toml_string(&route.path_prefix)
+                )
+            };
+            sink.push(&key.field("path"), message);
             continue;
         }
-        seen.insert(identity, name.clone());
+        for host in &hosts {
+            claimed.insert(
+                (host.clone(), route.path_prefix.clone()),
+                (name.clone(), hosts.clone()),
+            );
+        }
         routes.push(route);
     }
 
