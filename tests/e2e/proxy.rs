@@ -291,3 +291,44 @@ upstream = "origin"
     let (status, _, _) = get(&node.url("/hold")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
 }
+
+#[tokio::test]
+async fn tls_upstream_verified_against_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = write_cert(dir.path(), "origin", &["origin.test"]);
+    let origin = Origin::start_tls(&cert, &key).await;
+    let config = format!(
+        r#"
+[upstreams.secure]
+targets = ["https://{addr}"]
+ca_file = "{ca}"
+server_name = "origin.test"
+
+[upstreams.unverifiable]
+targets = ["https://{addr}"]
+server_name = "origin.test"
+ca_file = "{other}"
+
+[routes.secure]
+path = "/secure"
+upstream = "secure"
+
+[routes.unverifiable]
+path = "/unverifiable"
+upstream = "unverifiable"
+"#,
+        addr = origin.addr,
+        ca = cert.display(),
+        other = write_cert(dir.path(), "other", &["other.test"]).0.display(),
+    );
+    let node = TestNode::start(&config).await;
+    let (status, _, body) = get(&node.url("/secure/x")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "origin:/secure/x")
+    );
+    // A certificate the CA file does not vouch for is a failed connection.
+    let (status, _, _) = get(&node.url("/unverifiable/x")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(origin.requests(), 1);
+}

@@ -71,7 +71,34 @@ impl Origin {
         Self::start_with(true).await
     }
 
+    /// An HTTP/1.1 origin behind TLS with the given PEM certificate and key.
+    pub async fn start_tls(cert: &Path, key: &Path) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        Self::start_inner(
+            false,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
     async fn start_with(h2: bool) -> Self {
+        Self::start_inner(h2, None).await
+    }
+
+    async fn start_inner(h2: bool, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = Origin {
             addr: listener.local_addr().unwrap(),
@@ -88,12 +115,20 @@ impl Origin {
                     return;
                 };
                 let o = o.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let o = o.clone();
                         async move { Ok::<_, Infallible>(o.answer(req).await) }
                     });
-                    if h2 {
+                    if let Some(tls) = tls {
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    } else if h2 {
                         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                             .serve_connection(TokioIo::new(stream), svc)
                             .await;
