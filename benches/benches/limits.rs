@@ -1,6 +1,7 @@
 //! Benchmarks of `cathedral-limits`: nanoseconds per `Limiter::check` on one
-//! hot key and on a million cold keys, single-threaded and from two threads,
-//! each beside a naive `Mutex<HashMap<String, (tokens, last)>>` token bucket.
+//! hot key, on a million cold keys, and on a flood of new keys past the cap,
+//! single-threaded and from two threads, each beside a naive
+//! `Mutex<HashMap<String, (tokens, last)>>` token bucket.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -120,6 +121,39 @@ fn cold_1m_keys(c: &mut Criterion) {
     group.finish();
 }
 
+/// A flood of new keys: a million keys cycled through a store capped at
+/// 100,000, so every check inserts a key and the store keeps evicting. The
+/// baseline has no cap: its map just grows to the million keys.
+fn flood_new_keys(c: &mut Criterion) {
+    let mut group = c.benchmark_group("limits/flood_1m_keys_cap_100k");
+    let keys = cold_keys("flood");
+    let spec = PolicySpec {
+        max_keys: 100_000,
+        ..PolicySpec::new("bench", quota())
+    };
+    let limiter = Limiter::new(spec).expect("valid policy");
+    let naive = NaiveBucket::new(quota());
+    for key in &keys {
+        let _ = limiter.check(key, 1);
+        naive.check(key, 1);
+    }
+    group.bench_function("cathedral", |b| {
+        let mut cycle = keys.iter().cycle();
+        b.iter(|| {
+            let key = cycle.next().expect("cycle never ends");
+            limiter.check(black_box(key), 1)
+        });
+    });
+    group.bench_function("naive_mutex_hashmap", |b| {
+        let mut cycle = keys.iter().cycle();
+        b.iter(|| {
+            let key = cycle.next().expect("cycle never ends");
+            naive.check(black_box(key), 1)
+        });
+    });
+    group.finish();
+}
+
 /// Runs `iters` checks on each of two threads at once, each cycling through
 /// its own keys; returns the wall time (so the result is the time per check
 /// of one thread while the other runs too).
@@ -188,6 +222,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = hot_key, cold_1m_keys, two_threads_hot, two_threads_cold
+    targets = hot_key, cold_1m_keys, flood_new_keys, two_threads_hot, two_threads_cold
 }
 criterion_main!(benches);

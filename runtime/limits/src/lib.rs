@@ -48,10 +48,12 @@
 //! happens with probability about `k² / 2⁶⁵` (≈ 3·10⁻⁸ for a million keys),
 //! and without the seed a client cannot aim for a collision.
 //!
-//! The digests are spread over `S` shards, `S` = the next power of two ≥ 4 ×
-//! the available cores (fewer for small `max_keys`, so that a shard holds at
-//! least 64 keys), each a `Mutex<HashMap<u64, Entry>>` on its own cache line,
-//! so checks on different keys rarely contend.
+//! The digests are spread over `S` shards, each a `Mutex<HashMap<u64,
+//! Entry>>` on its own cache lines, so checks on different keys rarely
+//! contend. `S` is the next power of two ≥ 4 × the available cores, raised
+//! until a shard holds at most 16,384 keys (a shard makes room by rebuilding
+//! its table under its lock, so this bounds that pause to a fraction of a
+//! millisecond), and lowered while a shard would hold fewer than 64.
 //!
 //! * **Idle expiry.** An entry whose bucket is full again (and whose penalty,
 //!   if any, is over) carries no information: dropping it changes no future
@@ -62,18 +64,20 @@
 //!   full shard makes the shard drop its idle entries and, if that frees less
 //!   than an eighth of the shard, evict the live entries whose state would
 //!   expire soonest (the smallest TAT / penalty end: the keys closest to a full
-//!   bucket) until an eighth is free. **An evicted key starts again with a full
+//!   bucket) until an eighth is free, so that O(shard) rebuild runs once per
+//!   eighth of a shard of new keys. **An evicted key starts again with a full
 //!   bucket** (and no penalty): under a flood of distinct keys, limits become
 //!   more lenient, never stricter, and memory stays bounded.
 //! * **Memory bound.** A shard's table never grows past what
 //!   `HashMap::with_capacity(shard_cap)` allocates (we rebuild it ourselves
 //!   instead of letting it grow or accumulate tombstones): at most
 //!   `next_power_of_two(shard_cap · 8/7)` slots of 25 bytes (8 digest + 16
-//!   entry + 1 control byte). That is 29 to 57 bytes per key of `max_keys`,
-//!   e.g. ≤ 57 MB for a million keys; [`Limiter::memory_bound_bytes`] gives the
-//!   exact figure for a limiter and [`Limiter::accounted_bytes`] the current
-//!   estimate. While a shard rebuilds it briefly holds its old table and a
-//!   list of survivors as well.
+//!   entry + 1 control byte). That is 29 to 57 bytes per key of `max_keys`
+//!   (52 MB for a million keys, 3.3 MB for 100,000), plus ~136 bytes per
+//!   shard; [`Limiter::memory_bound_bytes`] gives the exact figure for a
+//!   limiter and [`Limiter::accounted_bytes`] the current estimate. While a
+//!   shard rebuilds it briefly holds its old table and a list of its
+//!   survivors as well (at most ~1 MB with 16,384-key shards).
 //!
 //! # Counters are per node
 //!

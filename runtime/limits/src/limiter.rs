@@ -20,6 +20,11 @@ use crate::store::{Entry, Shard};
 /// A shard never holds fewer keys than this, unless `max_keys` is smaller.
 const MIN_KEYS_PER_SHARD: usize = 64;
 
+/// Nor more than this, unless there are over 65,536 shards: a shard rebuilds
+/// its table in one go under its lock (see `store.rs`), so its size bounds
+/// that pause.
+const MAX_KEYS_PER_SHARD: usize = 16_384;
+
 /// Keeps each shard's lock on its own cache lines (128: adjacent-line
 /// prefetch pairs them).
 #[repr(align(128))]
@@ -261,11 +266,13 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The next power of two ≥ 4 × cores, halved while shards would hold fewer
-/// than [`MIN_KEYS_PER_SHARD`] keys.
+/// The next power of two ≥ 4 × cores, or more if shards would hold over
+/// [`MAX_KEYS_PER_SHARD`] keys; halved while they would hold fewer than
+/// [`MIN_KEYS_PER_SHARD`].
 fn shard_count(max_keys: usize) -> usize {
     let cores = thread::available_parallelism().map_or(1, usize::from);
-    let mut shards = (cores * 4).next_power_of_two();
+    let by_size = max_keys.div_ceil(MAX_KEYS_PER_SHARD).min(1 << 16);
+    let mut shards = (cores * 4).max(by_size).next_power_of_two();
     while shards > 1 && max_keys / shards < MIN_KEYS_PER_SHARD {
         shards /= 2;
     }
@@ -719,8 +726,10 @@ mod tests {
         let most = (cores * 4).next_power_of_two();
         assert_eq!(shard_count(1), 1);
         assert_eq!(shard_count(127), 1);
-        assert_eq!(shard_count(usize::MAX), most);
-        assert!(shard_count(1_000_000).is_power_of_two());
+        assert_eq!(shard_count(most * MIN_KEYS_PER_SHARD), most);
+        assert_eq!(shard_count(most * MAX_KEYS_PER_SHARD), most);
+        assert_eq!(shard_count(1_000_000), most.max(64));
+        assert_eq!(shard_count(usize::MAX), 1 << 16);
     }
 
     #[test]
