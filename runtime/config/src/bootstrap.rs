@@ -102,12 +102,13 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
         TABLES,
         &root,
         &|name| match name {
-            "routes" | "upstreams" | "region" => Some(
-                "routes, upstreams and [region] belong in the edge config (node.edge_config) or a region overlay",
+            "routes" | "upstreams" => Some(
+                "routes and upstreams belong in the edge config (node.edge_config) or a region overlay",
             ),
-            "region_id" | "edge_config" | "regions_dir" | "trusted_proxies" => {
-                Some("this key belongs in [node]")
+            "region" => {
+                Some("the node's region is node.region; [region] tables belong in region overlays")
             }
+            "edge_config" | "regions_dir" | "trusted_proxies" => Some("this key belongs in [node]"),
             _ => None,
         },
         &mut sink,
