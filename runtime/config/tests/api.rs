@@ -407,13 +407,18 @@ fn hostile_input_is_an_error_not_a_panic() {
     for input in inputs {
         fs::write(dir.path().join("node.toml"), input).unwrap();
         fs::write(dir.path().join("edge.toml"), input).unwrap();
-        let _ = load(&dir.path().join("node.toml"), &Overrides::default());
+        let loaded = load(&dir.path().join("node.toml"), &Overrides::default());
+        assert_eq!(loaded.is_ok(), input.is_empty(), "{input:?}: {loaded:?}");
         let source = Source {
             name: Path::new("us-east-1.toml"),
             text: input,
             base_dir: dir.path(),
         };
-        let _ = parse_edge(source, Some(source), "us-east-1");
-        let _ = quick_upstream(input, input);
+        let parsed = parse_edge(source, Some(source), "us-east-1");
+        assert!(
+            parsed.is_err(),
+            "{input:?}: an overlay needs [region] (and more)"
+        );
+        assert!(quick_upstream(input, input).is_err(), "{input:?}");
     }
 }
