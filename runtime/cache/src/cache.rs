@@ -434,7 +434,8 @@ impl Cache {
                 || rd.stale_if_error.is_some_and(|s| staleness <= secs(s)));
 
         let must_validate = rd.no_cache || entry.directives.no_cache.is_all();
-        let age_ok = rd.max_age.is_none_or(|m| age <= secs(m));
+        // `max-age=0` asks for validation (a reload); other values bound the age.
+        let age_ok = rd.max_age.is_none_or(|m| m > 0 && age <= secs(m));
         if !must_validate && age_ok {
             if fresh {
                 let min_fresh_ok = rd
@@ -1367,7 +1368,7 @@ mod tests {
         let ma60 = [("cache-control", "max-age=60")];
         check(&ma60, 11, &[("cache-control", "max-age=10")], Revalidate);
         check(&ma60, 9, &[("cache-control", "max-age=10")], Hit);
-        check(&ma60, 0, &[("cache-control", "max-age=0")], Hit);
+        check(&ma60, 0, &[("cache-control", "max-age=0")], Revalidate);
         check(&ma60, 1, &[("cache-control", "max-age=0")], Revalidate);
         check(&ma60, 0, &[("cache-control", "no-cache")], Revalidate);
         check(&ma60, 0, &[("pragma", "no-cache")], Revalidate);

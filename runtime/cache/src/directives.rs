@@ -134,10 +134,13 @@ pub(crate) fn raw_directives<'a>(
             while let Some(c) = chars.next_if(|c| *c != '=' && *c != ',') {
                 name.push(c);
             }
+            // `name = value` (whitespace around `=`) is not valid syntax: keep the directive
+            // with an empty, invalid argument.
+            let mut malformed = name.ends_with(char::is_whitespace);
             let name = name.trim().to_ascii_lowercase();
             let mut arg = None;
             if chars.next_if_eq(&'=').is_some() {
-                while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+                malformed |= chars.peek().is_some_and(|c| c.is_whitespace());
                 let mut v = String::new();
                 if chars.next_if_eq(&'"').is_some() {
                     while let Some(c) = chars.next() {
@@ -151,15 +154,18 @@ pub(crate) fn raw_directives<'a>(
                             c => v.push(c),
                         }
                     }
-                    // Anything between the closing quote and the next comma is junk; skip it.
-                    while chars.next_if(|c| *c != ',').is_some() {}
+                    // Anything but whitespace between the closing quote and the next comma
+                    // makes the argument invalid.
+                    while let Some(c) = chars.next_if(|c| *c != ',') {
+                        malformed |= !c.is_whitespace();
+                    }
                 } else {
                     while let Some(c) = chars.next_if(|c| *c != ',') {
                         v.push(c);
                     }
-                    v = v.trim().to_owned();
+                    v = v.trim_end().to_owned();
                 }
-                arg = Some(v);
+                arg = Some(if malformed { String::new() } else { v });
             }
             if !name.is_empty() {
                 out.push((name, arg));
