@@ -170,7 +170,8 @@ impl ConfigSource for FixedSource {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_tracing(args.log_format);
+    // Dropped at the end of `serve`, flushing buffered log lines.
+    let _log_guard = init_tracing(args.log_format);
     let overrides = Overrides {
         region: args.region.clone(),
         listen: args.listen,

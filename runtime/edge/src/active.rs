@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use cathedral_config::{EdgeConfig, HostHeader, RouteTarget};
 use http::{HeaderName, HeaderValue};
-use prometheus_client::metrics::histogram::Histogram;
 
 use crate::content::DirectorySource;
 use crate::error::{Error, Result};
-use crate::metrics::{Metrics, RouteLabel};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::Router;
 use crate::static_files::StaticContent;
 use crate::upstream::UpstreamClient;
@@ -31,7 +30,7 @@ pub struct RouteCtx {
     pub target: Target,
     pub host_header: HostHeader,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
-    pub duration: Histogram,
+    pub metrics: RouteMetrics,
 }
 
 #[derive(Debug)]
@@ -83,12 +82,6 @@ impl Active {
                     })
                 }
             };
-            let duration = metrics
-                .duration
-                .get_or_create(&RouteLabel {
-                    route: route.name.clone(),
-                })
-                .clone();
             routes.push((
                 route,
                 Arc::new(RouteCtx {
@@ -97,7 +90,7 @@ impl Active {
                     target,
                     host_header: route.host_header.clone(),
                     response_headers: route.response_headers.clone(),
-                    duration,
+                    metrics: RouteMetrics::new(metrics, &route.name),
                 }),
             ));
         }

@@ -1,6 +1,8 @@
 //! The node's Prometheus metrics: one registry per node, passed through
 //! context (never a global), rendered by the admin API.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,6 +36,48 @@ pub struct ListenerLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabel {
     pub result: &'static str,
+}
+
+/// Request counters and the latency histogram of one route, resolved once
+/// per activation so the request path does no label allocation or map
+/// lookup after a status has been seen once.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: String,
+    family: Family<RouteStatus, Counter>,
+    by_status: Box<[OnceLock<Counter>]>,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(metrics: &Metrics, route: &str) -> Self {
+        Self {
+            route: route.to_owned(),
+            family: metrics.requests.clone(),
+            by_status: (0..600).map(|_| OnceLock::new()).collect(),
+            duration: metrics
+                .duration
+                .get_or_create(&RouteLabel {
+                    route: route.to_owned(),
+                })
+                .clone(),
+        }
+    }
+
+    pub fn count(&self, status: u16) {
+        let make = || {
+            self.family
+                .get_or_create(&RouteStatus {
+                    route: self.route.clone(),
+                    status,
+                })
+                .clone()
+        };
+        match self.by_status.get(usize::from(status)) {
+            Some(slot) => slot.get_or_init(make).inc(),
+            None => make().inc(),
+        };
+    }
 }
 
 type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;

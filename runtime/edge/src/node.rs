@@ -22,7 +22,7 @@ use crate::active::Active;
 use crate::admin;
 use crate::conn::{self, Listener};
 use crate::error::{Error, Result};
-use crate::metrics::{Metrics, ReloadLabel};
+use crate::metrics::{Metrics, ReloadLabel, RouteMetrics};
 use crate::tls::{self, CertResolver};
 
 /// Where the activated configuration comes from on reload: local files now,
@@ -52,6 +52,8 @@ pub struct Shared {
     pub trusted_proxies: Vec<IpNet>,
     pub region: String,
     pub admin_token: Option<String>,
+    /// Requests that matched no route (or were refused before routing).
+    pub unrouted: RouteMetrics,
     shutting_down: AtomicBool,
     reloader: Reloader,
     status: Mutex<Status>,
@@ -228,8 +230,10 @@ impl Node {
             last_reload: None,
         };
 
+        let unrouted = RouteMetrics::new(&metrics, "-");
         let shared = Arc::new(Shared {
             active: ArcSwap::from_pointee(active),
+            unrouted,
             metrics,
             limits: bootstrap.limits.clone(),
             trusted_proxies: bootstrap.trusted_proxies.clone(),

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tracing::info;
 
@@ -15,7 +14,6 @@ use crate::active::{RouteCtx, Target};
 use crate::body::{Body, Observed, OnComplete};
 use crate::client_addr;
 use crate::conn::{ConnInfo, InFlight};
-use crate::metrics::RouteStatus;
 use crate::node::Shared;
 use crate::proxy;
 use crate::responses::plain;
@@ -146,18 +144,13 @@ impl OnComplete for AccessLog {
     fn complete(self: Box<Self>, bytes: u64, clean: bool) {
         let elapsed = self.started.elapsed();
         let route = self.route.as_ref().map(|r| r.name.as_str()).unwrap_or("-");
-        self.shared
-            .metrics
-            .requests
-            .get_or_create(&RouteStatus {
-                route: route.to_owned(),
-                status: self.status,
-            })
-            .inc();
-        match &self.route {
-            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
-            None => observe_unrouted(&self.shared, elapsed.as_secs_f64()),
-        }
+        let metrics = self
+            .route
+            .as_ref()
+            .map(|r| &r.metrics)
+            .unwrap_or(&self.shared.unrouted);
+        metrics.count(self.status);
+        metrics.duration.observe(elapsed.as_secs_f64());
         info!(
             target: "cathedral::access",
             client = %self.client,
@@ -175,13 +168,4 @@ impl OnComplete for AccessLog {
             "request"
         );
     }
-}
-
-fn observe_unrouted(shared: &Shared, secs: f64) {
-    let h: Histogram = shared
-        .metrics
-        .duration
-        .get_or_create(&crate::metrics::RouteLabel { route: "-".into() })
-        .clone();
-    h.observe(secs);
 }
