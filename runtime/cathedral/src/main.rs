@@ -275,12 +275,18 @@ async fn run(
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs are formatted on the request path but written by a background
+/// thread, so a slow stderr (a pipe to a log shipper, a full disk) never
+/// stalls serving. If the writer falls more than 128k lines behind, lines
+/// are dropped rather than requests delayed.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -289,6 +295,7 @@ fn init_tracing(format: LogFormat) {
             .with_current_span(false)
             .init(),
     }
+    guard
 }
 
 fn self_signed(out: &Path, names: Vec<String>) -> anyhow::Result<()> {
