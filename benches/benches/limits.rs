@@ -16,18 +16,27 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 /// Distinct keys in the cold-key benchmarks.
 const COLD_KEYS: usize = 1_000_000;
 
-/// A quota generous enough that every check in a benchmark is admitted (the
-/// path that writes the bucket back): 10⁹ per second, burst 10⁶.
-fn quota() -> Quota {
+/// The hot-key quota: so generous (10⁹ per second, burst 10⁶) that every
+/// check is admitted, the path that writes the bucket back.
+fn hot_quota() -> Quota {
     let rate = NonZeroU32::new(1_000_000_000).expect("non-zero");
     let burst = NonZeroU32::new(1_000_000).expect("non-zero");
     Quota::per_second(rate, burst).expect("valid quota")
 }
 
-fn limiter() -> Limiter {
+/// The cold-key quota: one per hour, burst 1000. Every check in a run is
+/// admitted, and every key stays live (not idle) for hours, so the store
+/// really holds all the keys it is given and the flood really evicts.
+fn cold_quota() -> Quota {
+    let one = NonZeroU32::new(1).expect("non-zero");
+    let burst = NonZeroU32::new(1000).expect("non-zero");
+    Quota::new(one, Duration::from_secs(3600), burst).expect("valid quota")
+}
+
+fn limiter(quota: Quota, max_keys: usize) -> Limiter {
     let spec = PolicySpec {
-        max_keys: 2 * COLD_KEYS,
-        ..PolicySpec::new("bench", quota())
+        max_keys,
+        ..PolicySpec::new("bench", quota)
     };
     Limiter::new(spec).expect("valid policy")
 }
@@ -84,11 +93,11 @@ fn cold_keys(prefix: &str) -> Vec<String> {
 
 fn hot_key(c: &mut Criterion) {
     let mut group = c.benchmark_group("limits/hot_key");
-    let limiter = limiter();
+    let limiter = limiter(hot_quota(), 1000);
     group.bench_function("cathedral", |b| {
         b.iter(|| limiter.check(black_box("203.0.113.7"), 1));
     });
-    let naive = NaiveBucket::new(quota());
+    let naive = NaiveBucket::new(hot_quota());
     group.bench_function("naive_mutex_hashmap", |b| {
         b.iter(|| naive.check(black_box("203.0.113.7"), 1));
     });
@@ -98,8 +107,8 @@ fn hot_key(c: &mut Criterion) {
 fn cold_1m_keys(c: &mut Criterion) {
     let mut group = c.benchmark_group("limits/cold_1m_keys");
     let keys = cold_keys("client");
-    let limiter = limiter();
-    let naive = NaiveBucket::new(quota());
+    let limiter = limiter(cold_quota(), 2 * COLD_KEYS);
+    let naive = NaiveBucket::new(cold_quota());
     for key in &keys {
         let _ = limiter.check(key, 1);
         naive.check(key, 1);
@@ -127,12 +136,8 @@ fn cold_1m_keys(c: &mut Criterion) {
 fn flood_new_keys(c: &mut Criterion) {
     let mut group = c.benchmark_group("limits/flood_1m_keys_cap_100k");
     let keys = cold_keys("flood");
-    let spec = PolicySpec {
-        max_keys: 100_000,
-        ..PolicySpec::new("bench", quota())
-    };
-    let limiter = Limiter::new(spec).expect("valid policy");
-    let naive = NaiveBucket::new(quota());
+    let limiter = limiter(cold_quota(), 100_000);
+    let naive = NaiveBucket::new(cold_quota());
     for key in &keys {
         let _ = limiter.check(key, 1);
         naive.check(key, 1);
@@ -182,8 +187,8 @@ fn two_threads_hot(c: &mut Criterion) {
         vec!["203.0.113.7".to_owned()],
         vec!["198.51.100.9".to_owned()],
     ];
-    let limiter = limiter();
-    let naive = NaiveBucket::new(quota());
+    let limiter = limiter(hot_quota(), 1000);
+    let naive = NaiveBucket::new(hot_quota());
     group.bench_function(BenchmarkId::new("cathedral", "per_thread"), |b| {
         b.iter_custom(|iters| two_threads(iters, &key_sets, &|k| limiter.check(k, 1).allowed()));
     });
@@ -197,8 +202,8 @@ fn two_threads_hot(c: &mut Criterion) {
 fn two_threads_cold(c: &mut Criterion) {
     let mut group = c.benchmark_group("limits/2_threads_cold_keys");
     let key_sets = [cold_keys("a"), cold_keys("b")];
-    let limiter = limiter();
-    let naive = NaiveBucket::new(quota());
+    let limiter = limiter(cold_quota(), 4 * COLD_KEYS);
+    let naive = NaiveBucket::new(cold_quota());
     for key in key_sets.iter().flatten() {
         let _ = limiter.check(key, 1);
         naive.check(key, 1);
