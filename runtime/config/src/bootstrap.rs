@@ -1,4 +1,4 @@
-//! The bootstrap file's tables (`[node]`, `[[listen]]`, `[tls]`, `[admin]`, `[limits]`) to a validated [`Bootstrap`], overrides applied.
+//! The bootstrap file's tables (`[node]`, `[[listen]]`, `[tls]`, `[admin]`, `[limits]`, `[cache]`) to a validated [`Bootstrap`], overrides applied.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -10,11 +10,14 @@ use toml::{Table, Value};
 use crate::error::{ConfigErrors, FileInfo, Key, Result, Sink};
 use crate::merge::Origins;
 use crate::raw::{
-    RawAdmin, RawCertificate, RawLimits, RawListen, RawNode, RawTls, check_keys, describe, section,
-    table_section,
+    RawAdmin, RawCache, RawCertificate, RawLimits, RawListen, RawNode, RawTls, check_keys,
+    describe, section, table_section,
 };
 use crate::size::{format_duration, format_size};
-use crate::types::{Admin, Bootstrap, Certificate, Limits, Listener, TlsListener, TlsVersion};
+use crate::types::{
+    Admin, Bootstrap, CacheSettings, Certificate, IntegrityCheck, Limits, Listener, TlsListener,
+    TlsVersion,
+};
 use crate::validate;
 
 /// Values given on the command line (or by the embedding program) that win
@@ -49,7 +52,10 @@ pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 const MIN_HEADER_BYTES: u64 = 1024;
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 
-const TABLES: &[&str] = &["node", "listen", "tls", "admin", "limits"];
+/// Below 1 MiB the cache could hold next to nothing.
+const MIN_CACHE_MEMORY: u64 = 1 << 20;
+
+const TABLES: &[&str] = &["node", "listen", "tls", "admin", "limits", "cache"];
 
 impl Default for Limits {
     /// The documented defaults: 16 KiB of headers, 100 headers, 10 MiB
@@ -63,6 +69,22 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for CacheSettings {
+    /// The documented defaults: 256 MiB of memory, objects up to 16 MiB,
+    /// one hit in 100 re-verified, 200 entries scrubbed per second, and
+    /// coalesced requests waiting up to 10 s, at most 1024 per fetch.
+    fn default() -> Self {
+        CacheSettings {
+            memory_bytes: 256 << 20,
+            max_object_bytes: 16 << 20,
+            integrity: IntegrityCheck::Sample(100),
+            scrub_per_second: 200,
+            coalesce_timeout: Duration::from_secs(10),
+            coalesce_max_waiters: 1024,
         }
     }
 }
@@ -291,6 +313,9 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
     // [limits]
     let limits = build_limits(table.get("limits"), &root.field("limits"), &mut sink);
 
+    // [cache]
+    let cache = build_cache(table.get("cache"), &root.field("cache"), &mut sink);
+
     // Overrides.
     if let Some(addr) = overrides.listen {
         plain = vec![(
@@ -383,6 +408,7 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
         trusted_proxies,
         edge_config,
         regions_dir,
+        cache,
     };
     let result = match ConfigErrors::from_vec(sink.into_errors()) {
         None => Ok(bootstrap),
@@ -582,6 +608,86 @@ fn build_limits(value: Option<&Value>, key: &Key, sink: &mut Sink<'_>) -> Limits
         }
     }
     limits
+}
+
+fn build_cache(value: Option<&Value>, key: &Key, sink: &mut Sink<'_>) -> CacheSettings {
+    let mut cache = CacheSettings::default();
+    let Some(parsed) = section::<RawCache>(value, key, sink) else {
+        return cache;
+    };
+    // Whether `memory` holds what the file meant, so `max_object_size` can be compared to it.
+    let mut memory_known = !parsed.is_bad("memory");
+    let raw = parsed.value;
+    if let Some(size) = raw.memory {
+        if size.0 < MIN_CACHE_MEMORY {
+            sink.push(
+                &key.field("memory"),
+                format!(
+                    "expected at least {}, found {}",
+                    format_size(MIN_CACHE_MEMORY),
+                    format_size(size.0)
+                ),
+            );
+            memory_known = false;
+        } else {
+            cache.memory_bytes = size.0;
+        }
+    }
+    if let Some(size) = raw.max_object_size {
+        let object_key = key.field("max_object_size");
+        if size.0 == 0 {
+            sink.push(
+                &object_key,
+                "expected a positive byte size like \"16MiB\", found 0B (to cache nothing on a route, set cache = false on it)",
+            );
+        } else if memory_known && size.0 > cache.memory_bytes {
+            let memory = match raw.memory {
+                Some(_) => String::from("cache.memory"),
+                None => String::from("the default cache.memory"),
+            };
+            sink.push(
+                &object_key,
+                format!(
+                    "expected at most {memory} ({}), found {}",
+                    format_size(cache.memory_bytes),
+                    format_size(size.0)
+                ),
+            );
+        } else {
+            cache.max_object_bytes = size.0;
+        }
+    } else if memory_known && cache.max_object_bytes > cache.memory_bytes {
+        // A small memory with the default object size: objects above the
+        // memory could never be stored anyway.
+        cache.max_object_bytes = cache.memory_bytes;
+    }
+    if let Some(integrity) = raw.integrity {
+        cache.integrity = integrity.0;
+    }
+    if let Some(count) = raw.scrub_per_second {
+        match u32::try_from(count.0) {
+            Ok(rate) => cache.scrub_per_second = rate,
+            Err(_) => sink.push(
+                &key.field("scrub_per_second"),
+                format!("expected at most {}, found {}", u32::MAX, count.0),
+            ),
+        }
+    }
+    if let Some(duration) = raw.coalesce_timeout {
+        match check_duration(duration.0, false) {
+            Ok(d) => cache.coalesce_timeout = d,
+            Err(message) => sink.push(&key.field("coalesce_timeout"), message),
+        }
+    }
+    if let Some(count) = raw.coalesce_max_waiters {
+        positive(
+            &mut cache.coalesce_max_waiters,
+            count.0,
+            &key.field("coalesce_max_waiters"),
+            sink,
+        );
+    }
+    cache
 }
 
 fn positive(field: &mut usize, value: usize, key: &Key, sink: &mut Sink<'_>) {

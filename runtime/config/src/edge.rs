@@ -9,10 +9,14 @@ use toml::{Table, Value};
 use crate::bootstrap::check_duration;
 use crate::error::{ConfigError, ConfigErrors, FileInfo, Key, Result, Sink, toml_string};
 use crate::merge::{MAIN, OVERLAY, Origins, Provenance, merge};
-use crate::raw::{RawRegion, RawRoute, RawUpstream, check_keys, describe, section, table_section};
+use crate::raw::{
+    CacheSwitch, RawRegion, RawRoute, RawRouteCache, RawUpstream, check_keys, describe, section,
+    table_section,
+};
+use crate::size::format_duration;
 use crate::types::{
-    EdgeConfig, HostHeader, HostMatch, Route, RouteTarget, Scheme, StaticSite, Upstream,
-    UpstreamProtocol, UpstreamTls,
+    CacheMode, ClassChoice, EdgeConfig, HostHeader, HostMatch, Route, RouteCache, RouteTarget,
+    Scheme, StaticSite, Upstream, UpstreamProtocol, UpstreamTls,
 };
 use crate::validate;
 
@@ -23,7 +27,30 @@ pub(crate) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(crate) const DEFAULT_POOL_MAX_IDLE: usize = 64;
 pub(crate) const DEFAULT_INDEX: &str = "index.html";
 
+/// Longest route `ttl`: a year keeps expiry arithmetic far from overflow
+/// and is what immutable content is given anyway.
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(31_557_600);
+
 const TABLES: &[&str] = &["upstreams", "routes", "region"];
+
+impl Default for RouteCache {
+    /// What an upstream route without a `cache` key gets: the origin's
+    /// freshness, content classes detected per response, the full query in
+    /// the key, no extra key headers, `Set-Cookie` responses not stored,
+    /// `CDN-Cache-Control` forwarded.
+    fn default() -> Self {
+        RouteCache {
+            mode: CacheMode::Origin,
+            ttl: None,
+            class: ClassChoice::Auto,
+            ignore_query: Vec::new(),
+            sort_query: false,
+            key_headers: Vec::new(),
+            store_set_cookie: false,
+            forward_cdn_cache_control: true,
+        }
+    }
+}
 
 /// A configuration file given as text: the global edge config or a region overlay.
 #[derive(Debug, Clone, Copy)]
@@ -650,6 +677,36 @@ fn build_route(
 
     response_headers.sort_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
 
+    // cache: upstream routes cache unless told not to; static routes never do.
+    let cache_key = key.field("cache");
+    let is_static = raw.static_dir.is_some() && raw.upstream.is_none();
+    let static_cached = |found: &str, sink: &mut Sink<'_>| {
+        sink.push(
+            &cache_key,
+            format!(
+                "static routes serve local content and are not cached (expected cache = false or no cache key, found {found})"
+            ),
+        );
+    };
+    let cache = match &raw.cache {
+        Some(CacheSwitch::Enabled(false)) => None,
+        None if is_static => None,
+        None => Some(RouteCache::default()),
+        Some(CacheSwitch::Enabled(true)) => {
+            if is_static {
+                static_cached("cache = true", sink);
+            }
+            Some(RouteCache::default())
+        }
+        Some(CacheSwitch::Table(table)) => {
+            if is_static {
+                static_cached("a [cache] table", sink);
+            }
+            // Checked on static routes too, so every problem shows at once.
+            build_route_cache(table, &cache_key, sink)
+        }
+    };
+
     if sink.error_count() > before {
         return None;
     }
@@ -660,5 +717,103 @@ fn build_route(
         target: target?,
         host_header,
         response_headers,
+        cache,
+    })
+}
+
+/// `[routes.<name>.cache]` as a table. `None` when it has errors (reported).
+fn build_route_cache(table: &Table, key: &Key, sink: &mut Sink<'_>) -> Option<RouteCache> {
+    let before = sink.error_count();
+    let parsed = table_section::<RawRouteCache>(table, key, sink);
+    let raw = &parsed.value;
+    let defaults = RouteCache::default();
+
+    let mode = raw.mode.map_or(defaults.mode, |m| m.0);
+    let ttl_key = key.field("ttl");
+    let ttl = match raw.ttl {
+        Some(ttl) if ttl.0.is_zero() => {
+            sink.push(
+                &ttl_key,
+                "expected a positive duration like \"5m\", found \"0s\" (to not cache, set cache = false)",
+            );
+            None
+        }
+        Some(ttl) if ttl.0 > MAX_TTL => {
+            sink.push(
+                &ttl_key,
+                format!(
+                    "expected at most \"{}\", found \"{}\"",
+                    format_duration(MAX_TTL),
+                    format_duration(ttl.0)
+                ),
+            );
+            None
+        }
+        Some(ttl) => Some(ttl.0),
+        None => {
+            if mode == CacheMode::Override && !parsed.is_bad("ttl") {
+                sink.push(
+                    &ttl_key,
+                    "required with mode = \"override\" (expected a duration like \"5m\" that replaces the origin's freshness)",
+                );
+            }
+            None
+        }
+    };
+
+    // ignore_query
+    let query_key = key.field("ignore_query");
+    let mut ignore_query: Vec<String> = Vec::new();
+    let params = raw.ignore_query.as_deref().unwrap_or_default();
+    for (i, param) in params.iter().enumerate() {
+        if let Err(message) = validate::query_param(param) {
+            sink.push(&query_key.index(i), message);
+        } else if ignore_query.contains(param) {
+            sink.push(
+                &query_key.index(i),
+                format!("{} is listed twice", toml_string(param)),
+            );
+        } else {
+            ignore_query.push(param.clone());
+        }
+    }
+    if params.len() > 1 && params.iter().any(|p| p == "*") {
+        sink.push(
+            &query_key,
+            "\"*\" (the whole query) cannot be combined with parameter names",
+        );
+    }
+
+    // key_headers
+    let headers_key = key.field("key_headers");
+    let mut key_headers: Vec<http::HeaderName> = Vec::new();
+    for (i, header) in raw.key_headers.iter().flatten().enumerate() {
+        match validate::request_header_name(header) {
+            Ok(name) if key_headers.contains(&name) => sink.push(
+                &headers_key.index(i),
+                format!(
+                    "{} is listed twice (header names ignore case)",
+                    toml_string(name.as_str())
+                ),
+            ),
+            Ok(name) => key_headers.push(name),
+            Err(message) => sink.push(&headers_key.index(i), message),
+        }
+    }
+
+    if sink.error_count() > before {
+        return None;
+    }
+    Some(RouteCache {
+        mode,
+        ttl,
+        class: raw.class.map_or(defaults.class, |c| c.0),
+        ignore_query,
+        sort_query: raw.sort_query.unwrap_or(defaults.sort_query),
+        key_headers,
+        store_set_cookie: raw.store_set_cookie.unwrap_or(defaults.store_set_cookie),
+        forward_cdn_cache_control: raw
+            .forward_cdn_cache_control
+            .unwrap_or(defaults.forward_cdn_cache_control),
     })
 }

@@ -12,8 +12,8 @@ use crate::edge::{
 };
 use crate::error::{ConfigError, ConfigErrors, FileInfo, Result, toml_string};
 use crate::types::{
-    Bootstrap, EdgeConfig, HostHeader, Route, RouteTarget, Scheme, Upstream, UpstreamProtocol,
-    UpstreamTls,
+    Bootstrap, ClassChoice, EdgeConfig, HostHeader, Route, RouteCache, RouteTarget, Scheme,
+    Upstream, UpstreamProtocol, UpstreamTls,
 };
 use crate::validate;
 
@@ -82,7 +82,7 @@ pub fn parse_edge(
 }
 
 /// The bootstrap with no file: plain listener 127.0.0.1:8080, admin
-/// 127.0.0.1:9090, region `us-east-1`, default limits, `edge.toml` and
+/// 127.0.0.1:9090, region `us-east-1`, default limits and cache, `edge.toml` and
 /// `regions/` in the current directory; `overrides` applied and validated.
 pub fn default_bootstrap(overrides: &Overrides) -> Result<Bootstrap> {
     let file = FileInfo {
@@ -94,7 +94,8 @@ pub fn default_bootstrap(overrides: &Overrides) -> Result<Bootstrap> {
 
 /// Quick mode (`cathedral serve --upstream URL`): one upstream named
 /// `upstream` built from `url` (http or https, no path), one catch-all route
-/// named `upstream` to it, every other setting at its default.
+/// named `upstream` to it, every other setting at its default except the
+/// route's cache, which uses no content-class defaults (`class = "none"`).
 pub fn quick_upstream(url: &str, region: &str) -> Result<EdgeConfig> {
     let mut errors = Vec::new();
     if let Err(message) = validate::check_region_id(region) {
@@ -129,6 +130,11 @@ pub fn quick_upstream(url: &str, region: &str) -> Result<EdgeConfig> {
         target: RouteTarget::Upstream(NAME.to_owned()),
         host_header: HostHeader::Preserve,
         response_headers: Vec::new(),
+        // Pure RFC 9111: without an edge config nobody chose class defaults.
+        cache: Some(RouteCache {
+            class: ClassChoice::Disabled,
+            ..RouteCache::default()
+        }),
     };
     Ok(EdgeConfig {
         region: region.to_owned(),

@@ -18,7 +18,9 @@ use toml::{Table, Value};
 
 use crate::error::{Key, Seg, Sink, toml_string};
 use crate::size::{DURATION_EXPECTED, SIZE_EXPECTED, parse_duration, parse_size};
-use crate::types::{TlsVersion, UpstreamProtocol};
+use crate::types::{
+    CacheMode, ClassChoice, ContentClassName, IntegrityCheck, TlsVersion, UpstreamProtocol,
+};
 
 // ---------------------------------------------------------------------------
 // Bootstrap file
@@ -80,6 +82,18 @@ pub(crate) struct RawLimits {
     pub shutdown_grace: Option<HumanDuration>,
 }
 
+/// `[cache]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub memory: Option<ByteSize>,
+    pub max_object_size: Option<ByteSize>,
+    pub integrity: Option<Integrity>,
+    pub scrub_per_second: Option<Count>,
+    pub coalesce_timeout: Option<HumanDuration>,
+    pub coalesce_max_waiters: Option<Count>,
+}
+
 // ---------------------------------------------------------------------------
 // Edge config and region overlays
 
@@ -119,6 +133,21 @@ pub(crate) struct RawRoute {
     pub upstream: Option<String>,
     pub host_header: Option<String>,
     pub response_headers: Option<BTreeMap<String, String>>,
+    pub cache: Option<CacheSwitch>,
+}
+
+/// `[routes.<name>.cache]`, read on its own (see [`CacheSwitch`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteCache {
+    pub mode: Option<RawCacheMode>,
+    pub ttl: Option<HumanDuration>,
+    pub class: Option<RawClass>,
+    pub ignore_query: Option<Vec<String>>,
+    pub sort_query: Option<bool>,
+    pub key_headers: Option<Vec<String>>,
+    pub store_set_cookie: Option<bool>,
+    pub forward_cdn_cache_control: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -199,6 +228,84 @@ impl<'de> Deserialize<'de> for Count {
                     .map(Count)
                     .map_err(|_| E::custom(format!("{v} is too large")))
             }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// A route's `cache`: a boolean, or a table kept as TOML so that it can be
+/// read as a section of its own and every bad key in it reported.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CacheSwitch {
+    Enabled(bool),
+    Table(Table),
+}
+
+impl<'de> Deserialize<'de> for CacheSwitch {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CacheSwitch;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean or a table")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<CacheSwitch, E> {
+                Ok(CacheSwitch::Enabled(v))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<CacheSwitch, A::Error> {
+                Table::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(CacheSwitch::Table)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+pub(crate) const INTEGRITY_EXPECTED: &str =
+    r#""always", a sample like "1/100" (verify one hit in 100), or a positive integer"#;
+
+/// `[cache] integrity`: `"always"`, `"1/N"`, or the integer `N`, with `N ≥ 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Integrity(pub IntegrityCheck);
+
+impl<'de> Deserialize<'de> for Integrity {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Integrity;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(INTEGRITY_EXPECTED)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Integrity, E> {
+                sample(u64::try_from(v).ok())
+                    .ok_or_else(|| E::custom(format!("expected {INTEGRITY_EXPECTED}, found {v}")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Integrity, E> {
+                sample(Some(v))
+                    .ok_or_else(|| E::custom(format!("expected {INTEGRITY_EXPECTED}, found {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Integrity, E> {
+                if v == "always" {
+                    return Ok(Integrity(IntegrityCheck::Always));
+                }
+                // Digits only: `u64::from_str` would also take a sign.
+                let n = v
+                    .strip_prefix("1/")
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|n| n.parse::<u64>().ok());
+                sample(n).ok_or_else(|| {
+                    E::custom(format!(
+                        "expected {INTEGRITY_EXPECTED}, found {}",
+                        toml_string(v)
+                    ))
+                })
+            }
+        }
+        /// One hit in `n`, for `1 ≤ n ≤ u32::MAX`.
+        fn sample(n: Option<u64>) -> Option<Integrity> {
+            n.filter(|n| *n >= 1)
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| Integrity(IntegrityCheck::Sample(n)))
         }
         deserializer.deserialize_any(V)
     }
@@ -319,6 +426,28 @@ string_enum! {
 string_enum! {
     /// `"http1"` or `"h2"`.
     RawProtocol(UpstreamProtocol) { "http1" => UpstreamProtocol::Http1, "h2" => UpstreamProtocol::Http2 }
+    hint: ""
+}
+
+string_enum! {
+    /// `"origin"` or `"override"`.
+    RawCacheMode(CacheMode) { "origin" => CacheMode::Origin, "override" => CacheMode::Override }
+    hint: ""
+}
+
+string_enum! {
+    /// `"auto"`, `"none"`, or a content class name.
+    RawClass(ClassChoice) {
+        "auto" => ClassChoice::Auto,
+        "none" => ClassChoice::Disabled,
+        "image" => ClassChoice::Fixed(ContentClassName::Image),
+        "fingerprinted" => ClassChoice::Fixed(ContentClassName::Fingerprinted),
+        "font" => ClassChoice::Fixed(ContentClassName::Font),
+        "video" => ClassChoice::Fixed(ContentClassName::Video),
+        "api" => ClassChoice::Fixed(ContentClassName::Api),
+        "per-user" => ClassChoice::Fixed(ContentClassName::PerUser),
+        "realtime" => ClassChoice::Fixed(ContentClassName::RealTime),
+    }
     hint: ""
 }
 

@@ -30,6 +30,36 @@ pub struct Bootstrap {
     pub edge_config: PathBuf,
     /// Directory holding one `<region>.toml` overlay per region.
     pub regions_dir: PathBuf,
+    /// The node's shared HTTP cache: sized for this machine, so node-local.
+    pub cache: CacheSettings,
+}
+
+/// Node-wide cache sizing and integrity checking (`[cache]` in the
+/// bootstrap file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Memory bound for stored responses, headers included (default 256 MiB).
+    pub memory_bytes: u64,
+    /// Larger responses stream through uncached (default 16 MiB).
+    pub max_object_bytes: u64,
+    /// Which memory hits have their body's blake3 re-verified.
+    pub integrity: IntegrityCheck,
+    /// Entries the background scrubber re-verifies per second (default 200;
+    /// 0 turns the scrubber off).
+    pub scrub_per_second: u32,
+    /// How long requests wait for a coalesced fetch of the same key before
+    /// going upstream themselves (default 10 s).
+    pub coalesce_timeout: Duration,
+    /// Requests that may wait on one in-flight fetch (default 1024).
+    pub coalesce_max_waiters: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntegrityCheck {
+    /// Verify one hit in `n` (default 100). `integrity = "1/100"` or `100`.
+    Sample(u32),
+    /// Verify every hit. `integrity = "always"`.
+    Always,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +188,66 @@ pub struct Route {
     pub host_header: HostHeader,
     /// Added to every response of this route.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `None`: responses of this route are never cached. Static routes never
+    /// cache (their content is local already).
+    pub cache: Option<RouteCache>,
+}
+
+/// How a route uses the shared cache (`[routes.<name>.cache]`). Upstream
+/// routes cache by default with the content-class defaults; `cache = false`
+/// turns caching off for a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCache {
+    /// `origin` (default): the origin's freshness wins and `ttl` or the
+    /// class default applies only when the origin gives none. `override`:
+    /// `ttl` replaces the origin's freshness.
+    pub mode: CacheMode,
+    /// Freshness supplied by the route (required with `mode = "override"`).
+    pub ttl: Option<Duration>,
+    /// A fixed content class for every response of the route, detection per
+    /// response from path and Content-Type (`class = "auto"`, default), or
+    /// no class defaults (`class = "none"`, pure RFC 9111).
+    pub class: ClassChoice,
+    /// Query parameters left out of the key; `["*"]` drops the whole query.
+    pub ignore_query: Vec<String>,
+    /// Sort query parameters in the key (default false).
+    pub sort_query: bool,
+    /// Request headers added to the key (e.g. a user id for per-user content).
+    pub key_headers: Vec<HeaderName>,
+    /// Store responses that carry `Set-Cookie`; the stored copy never
+    /// replays the cookie (default false).
+    pub store_set_cookie: bool,
+    /// Forward `CDN-Cache-Control` to clients (default true).
+    pub forward_cdn_cache_control: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    Origin,
+    Override,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassChoice {
+    /// Detect per response (`"auto"`).
+    Auto,
+    /// No class defaults (`"none"`): only the origin's headers and RFC
+    /// heuristics decide.
+    Disabled,
+    /// `"image"`, `"fingerprinted"`, `"font"`, `"video"`, `"api"`,
+    /// `"per-user"`, `"realtime"`.
+    Fixed(ContentClassName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentClassName {
+    Image,
+    Fingerprinted,
+    Font,
+    Video,
+    Api,
+    PerUser,
+    RealTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

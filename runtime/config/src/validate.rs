@@ -270,6 +270,33 @@ pub(crate) fn response_header_name(name: &str) -> Result<HeaderName, String> {
     Ok(parsed)
 }
 
+/// A request header name added to a route's cache key: valid, lower-cased.
+pub(crate) fn request_header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        format!(
+            "expected a header name like \"x-user-id\", found {}",
+            toml_string(name)
+        )
+    })
+}
+
+/// A query parameter name left out of a cache key, as it appears in the
+/// URL (case-sensitive, not decoded), or `*` for the whole query.
+pub(crate) fn query_param(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'&' | b'=' | b'#'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a query parameter name like \"utm_source\" (visible ASCII without '&', '=' or '#'), or \"*\", found {}",
+            toml_string(name)
+        ))
+    }
+}
+
 /// A header value: visible ASCII, spaces and tabs.
 pub(crate) fn header_value(value: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(value).map_err(|_| {
