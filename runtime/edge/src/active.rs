@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cathedral_config::{EdgeConfig, HostHeader, RouteTarget};
+use cathedral_cache::{ContentClass, KeyOptions, RoutePolicy, TtlMode};
+use cathedral_config::{
+    CacheMode, ClassChoice, ContentClassName, EdgeConfig, HostHeader, RouteCache, RouteTarget,
+};
 use http::{HeaderName, HeaderValue};
 
 use crate::content::DirectorySource;
@@ -31,6 +34,8 @@ pub struct RouteCtx {
     pub host_header: HostHeader,
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     pub metrics: RouteMetrics,
+    /// `None`: the route never uses the cache.
+    pub cache: Option<Arc<RoutePolicy>>,
 }
 
 #[derive(Debug)]
@@ -91,6 +96,7 @@ impl Active {
                     host_header: route.host_header.clone(),
                     response_headers: route.response_headers.clone(),
                     metrics: RouteMetrics::new(metrics, &route.name),
+                    cache: route.cache.as_ref().map(|c| Arc::new(route_policy(c))),
                 }),
             ));
         }
@@ -114,5 +120,38 @@ impl Active {
 
     pub fn route(&self, host: &str, path: &str) -> Option<&Arc<RouteCtx>> {
         self.router.find(host, path)
+    }
+}
+
+/// The cache crate's view of a route's `[cache]` settings.
+fn route_policy(c: &RouteCache) -> RoutePolicy {
+    let class = match c.class {
+        ClassChoice::Fixed(name) => Some(match name {
+            ContentClassName::Image => ContentClass::Image,
+            ContentClassName::Fingerprinted => ContentClass::Fingerprinted,
+            ContentClassName::Font => ContentClass::Font,
+            ContentClassName::Video => ContentClass::Video,
+            ContentClassName::Api => ContentClass::Api,
+            ContentClassName::PerUser => ContentClass::PerUser,
+            ContentClassName::RealTime => ContentClass::RealTime,
+        }),
+        ClassChoice::Auto | ClassChoice::Disabled => None,
+    };
+    RoutePolicy {
+        mode: match c.mode {
+            CacheMode::Origin => TtlMode::Origin,
+            CacheMode::Override => TtlMode::Override,
+        },
+        default_ttl: c.ttl,
+        class,
+        detect_class: c.class == ClassChoice::Auto,
+        key: KeyOptions {
+            ignore_query_params: c.ignore_query.clone(),
+            sort_query: c.sort_query,
+            headers: c.key_headers.clone(),
+        },
+        store_set_cookie: c.store_set_cookie,
+        forward_cdn_cache_control: c.forward_cdn_cache_control,
+        ..RoutePolicy::default()
     }
 }

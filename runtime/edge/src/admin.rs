@@ -96,11 +96,106 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
                 }),
             )
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/reload") => {
+        (&Method::POST, "/purge") => purge(shared, req).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/purge") => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => plain(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
+}
+
+/// Purge requests are small JSON documents.
+const MAX_PURGE_BODY: usize = 64 * 1024;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    prefix: Option<String>,
+    surrogate_key: Option<String>,
+    #[serde(default)]
+    soft: bool,
+}
+
+/// `POST /purge` with exactly one of `url`, `prefix`, `surrogate_key`, and
+/// optionally `"soft": true` (mark stale instead of removing). Answers how
+/// many entries it touched. Acts on this node's cache only.
+async fn purge(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let bytes = match http_body_util::Limited::new(req.into_body(), MAX_PURGE_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "purge request body too large or unreadable",
+            );
+        }
+    };
+    let purge: PurgeRequest = match serde_json::from_slice(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": format!("invalid purge request: {e}") }),
+            );
+        }
+    };
+    let (kind, target, purged) = match (&purge.url, &purge.prefix, &purge.surrogate_key) {
+        (Some(url), None, None) => {
+            let uri: http::Uri = match url.parse() {
+                Ok(u) => u,
+                Err(e) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "error": format!("url: {e}") }),
+                    );
+                }
+            };
+            let Some(authority) = uri.authority().map(|a| a.host().to_ascii_lowercase()) else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({ "error": "url must be absolute, e.g. https://example.com/path" }),
+                );
+            };
+            // The URL's route decides its key options (ignored query
+            // parameters, sorting, key headers).
+            let active = shared.active.load();
+            let key = active
+                .route(&authority, uri.path())
+                .and_then(|r| r.cache.as_ref())
+                .map(|p| p.key.clone())
+                .unwrap_or_default();
+            (
+                "url",
+                url.clone(),
+                shared.cache.purge_url(&uri, &key, purge.soft),
+            )
+        }
+        (None, Some(prefix), None) => (
+            "prefix",
+            prefix.clone(),
+            shared.cache.purge_prefix(prefix, purge.soft),
+        ),
+        (None, None, Some(tag)) => (
+            "surrogate_key",
+            tag.clone(),
+            shared.cache.purge_surrogate_key(tag, purge.soft),
+        ),
+        _ => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &json!({ "error": "give exactly one of url, prefix, surrogate_key" }),
+            );
+        }
+    };
+    tracing::info!(kind, target = %target, soft = purge.soft, purged, "cache purge");
+    json(
+        StatusCode::OK,
+        &json!({ "purged": purged, "soft": purge.soft }),
+    )
 }
 
 fn readyz(shared: &Shared) -> Response<Body> {

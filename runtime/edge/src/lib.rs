@@ -15,6 +15,7 @@
 mod active;
 mod admin;
 mod body;
+mod cached;
 mod client_addr;
 mod conditional;
 mod conn;

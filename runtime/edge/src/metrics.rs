@@ -192,3 +192,106 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// Exposes the cache's own counters at scrape time, so the request path
+/// never touches the registry for them.
+#[derive(Debug)]
+struct CacheCollector {
+    cache: std::sync::Arc<cathedral_cache::Cache>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+impl prometheus_client::collector::Collector for CacheCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let s = self.cache.stats();
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "cathedral_cache_hits",
+                "Requests answered from the cache",
+                s.hits,
+            ),
+            (
+                "cathedral_cache_misses",
+                "Lookups that found nothing usable",
+                s.misses,
+            ),
+            (
+                "cathedral_cache_stale_served",
+                "Stale responses served (stale-while-revalidate, stale-if-error, max-stale)",
+                s.stale_served,
+            ),
+            (
+                "cathedral_cache_revalidations",
+                "Conditional requests sent to revalidate stale entries",
+                s.revalidations,
+            ),
+            ("cathedral_cache_stores", "Responses stored", s.stores),
+            (
+                "cathedral_cache_integrity_failures",
+                "Stored bodies whose blake3 no longer matched (evicted and refetched)",
+                s.integrity_failures,
+            ),
+            (
+                "cathedral_cache_scrubbed",
+                "Entries re-verified by the background scrubber",
+                s.scrubbed,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m)?;
+        }
+        let evictions = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "cathedral_cache_evictions",
+            "Entries evicted, by cause: size (capacity), expired (retention over), removed (purge, invalidation, integrity)",
+            None,
+            evictions.metric_type(),
+        )?;
+        for (cause, value) in [
+            ("size", s.evicted_size),
+            ("expired", s.evicted_expired),
+            ("removed", s.removed),
+        ] {
+            let labels = CauseLabel { cause };
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "cathedral_cache_bytes",
+                "Weighted bytes held by the cache",
+                s.bytes,
+            ),
+            (
+                "cathedral_cache_entries",
+                "URLs held by the cache",
+                s.entries,
+            ),
+        ] {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let m = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Adds the cache's figures to this registry.
+    pub fn register_cache(&mut self, cache: std::sync::Arc<cathedral_cache::Cache>) {
+        self.registry
+            .register_collector(Box::new(CacheCollector { cache }));
+    }
+}

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use cathedral_config::{Bootstrap, Certificate, EdgeConfig, Limits};
+use cathedral_cache::{Cache, CacheConfig, Coalescer, Integrity, SystemClock};
+use cathedral_config::{Bootstrap, CacheSettings, Certificate, EdgeConfig, IntegrityCheck, Limits};
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -54,6 +55,8 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// Requests that matched no route (or were refused before routing).
     pub unrouted: RouteMetrics,
+    pub cache: Arc<Cache>,
+    pub coalescer: Coalescer,
     shutting_down: AtomicBool,
     reloader: Reloader,
     status: Mutex<Status>,
@@ -169,7 +172,16 @@ impl Node {
         edge: EdgeConfig,
         source: Arc<dyn ConfigSource>,
     ) -> Result<NodeHandle> {
-        let metrics = Metrics::new();
+        let mut metrics = Metrics::new();
+        let cache = Arc::new(Cache::new(
+            cache_config(&bootstrap.cache),
+            Arc::new(SystemClock),
+        ));
+        metrics.register_cache(cache.clone());
+        let coalescer = Coalescer::new(
+            bootstrap.cache.coalesce_max_waiters,
+            bootstrap.cache.coalesce_timeout,
+        );
         let active = Active::build(edge, 1, None, &metrics)?;
         metrics.config_generation.set(1);
 
@@ -235,6 +247,8 @@ impl Node {
             active: ArcSwap::from_pointee(active),
             unrouted,
             metrics,
+            cache,
+            coalescer,
             limits: bootstrap.limits.clone(),
             trusted_proxies: bootstrap.trusted_proxies.clone(),
             region: bootstrap.region.clone(),
@@ -269,6 +283,13 @@ impl Node {
                 shutdown_rx.clone(),
             )));
         }
+        let mut background = Vec::new();
+        if bootstrap.cache.scrub_per_second > 0 {
+            background.push(tokio::spawn(scrub(
+                shared.clone(),
+                bootstrap.cache.scrub_per_second,
+            )));
+        }
         info!(addr = %admin_addr, "admin API listening");
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(admin_socket, shared.clone(), admin_stop_rx));
@@ -281,6 +302,7 @@ impl Node {
             tls_addrs,
             admin_addr,
             tasks,
+            background,
             admin_task,
             permits,
             max_connections,
@@ -312,6 +334,8 @@ pub struct NodeHandle {
     tls_addrs: Vec<SocketAddr>,
     admin_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// Periodic work: the cache scrubber.
+    background: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     permits: Arc<Semaphore>,
     max_connections: u32,
@@ -360,6 +384,41 @@ impl NodeHandle {
         }
         let _ = self.admin_stop_tx.send(true);
         self.admin_task.abort();
+        for task in &self.background {
+            task.abort();
+        }
         drained
+    }
+}
+
+fn cache_config(settings: &CacheSettings) -> CacheConfig {
+    CacheConfig {
+        memory_bytes: settings.memory_bytes,
+        max_object_bytes: settings.max_object_bytes,
+        integrity: match settings.integrity {
+            IntegrityCheck::Sample(n) => Integrity::Sample(n),
+            IntegrityCheck::Always => Integrity::Always,
+        },
+        ..CacheConfig::default()
+    }
+}
+
+/// Re-verifies stored bodies at a bounded rate, one batch per second.
+async fn scrub(shared: Arc<Shared>, per_second: u32) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let cache = shared.cache.clone();
+        let report = tokio::task::spawn_blocking(move || cache.scrub(per_second as usize)).await;
+        if let Ok(report) = report
+            && report.failed > 0
+        {
+            error!(
+                failed = report.failed,
+                checked = report.checked,
+                "cache scrubber found corrupted entries; evicted"
+            );
+        }
     }
 }

@@ -45,15 +45,48 @@ pub async fn forward(
     let upgrade = upgrade_protocol(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let client_version = parts.version;
-
-    strip_hop_by_hop(&mut parts.headers);
+    if let Err(resp) = prepare(ctx, route, upstream, &mut parts) {
+        return resp;
+    }
     if let Some(proto) = &upgrade {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, proto.clone());
     }
+    let resp = match send(shared, upstream, parts, body).await {
+        Ok(resp) => resp,
+        Err(failure) => return failure.response,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return match client_upgrade {
+            Some(client_upgrade) => {
+                tunnel(resp.response, client_upgrade, upstream.name().to_owned())
+            }
+            None => {
+                warn!(upstream = %upstream.name(), "upstream switched protocols without being asked");
+                shared.metrics.upstream_error(upstream.name(), "protocol");
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream answered 101 to a request that asked for no upgrade",
+                )
+            }
+        };
+    }
+    resp.streamed()
+}
+
+/// Rewrites a client request head for the upstream: hop-by-hop fields
+/// removed, `Via` and the forwarding fields appended, the authority per the
+/// route's `host_header`, the URI and version for the upstream's protocol.
+pub fn prepare(
+    ctx: &RequestCtx,
+    route: &RouteCtx,
+    upstream: &UpstreamClient,
+    parts: &mut http::request::Parts,
+) -> Result<(), Response<Body>> {
+    let client_version = parts.version;
+    strip_hop_by_hop(&mut parts.headers);
     append_via(&mut parts.headers, client_version);
     append_forwarded(&mut parts.headers, ctx);
 
@@ -89,7 +122,10 @@ pub async fn forward(
         Ok(uri) => uri,
         Err(e) => {
             warn!(upstream = %upstream.name(), error = %e, "cannot build upstream URI");
-            return plain(StatusCode::BAD_GATEWAY, "upstream address is invalid");
+            return Err(plain(
+                StatusCode::BAD_GATEWAY,
+                "upstream address is invalid",
+            ));
         }
     };
     parts.version = match upstream.config.protocol {
@@ -104,40 +140,78 @@ pub async fn forward(
             parts.headers.remove(header::HOST);
         }
     }
+    Ok(())
+}
 
+/// An upstream response head, hop-by-hop fields already removed and `Via`
+/// appended, with the deadline its body must meet.
+#[derive(Debug)]
+pub struct Upstreamed {
+    pub response: Response<Incoming>,
+    deadline: Instant,
+    timeout: std::time::Duration,
+}
+
+impl Upstreamed {
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+
+    /// The response with its body streamed to the client under the
+    /// upstream's total timeout.
+    pub fn streamed(self) -> Response<Body> {
+        let (deadline, timeout) = (self.deadline, self.timeout);
+        self.response
+            .map(|b| Deadline::new(b, deadline, timeout).boxed())
+    }
+}
+
+/// Why no upstream response: the answer to give the client instead.
+#[derive(Debug)]
+pub struct Failure {
+    pub response: Response<Body>,
+}
+
+/// Sends a prepared request; maps failures to 502 / 504 / 413 with a log
+/// line and a metric.
+pub async fn send<B>(
+    shared: &Shared,
+    upstream: &UpstreamClient,
+    parts: http::request::Parts,
+    body: B,
+) -> Result<Upstreamed, Failure>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::BoxError>,
+{
     let body_too_large = Arc::new(AtomicBool::new(false));
     let body: Body =
         Limited::new(body, shared.limits.max_body_bytes, body_too_large.clone()).boxed();
-    let deadline = Instant::now() + upstream.config.total_timeout;
-    let result = upstream.send(Request::from_parts(parts, body)).await;
-
-    let mut resp = match result {
+    let timeout = upstream.config.total_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut resp = match upstream.send(Request::from_parts(parts, body)).await {
         Ok(resp) => resp,
         Err(_) if body_too_large.load(Ordering::Relaxed) => {
-            return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            return Err(Failure {
+                response: plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            });
         }
-        Err(e) => return upstream_failure(shared, upstream, &e),
+        Err(e) => {
+            return Err(Failure {
+                response: upstream_failure(shared, upstream, &e),
+            });
+        }
     };
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return match client_upgrade {
-            Some(client_upgrade) => tunnel(resp, client_upgrade, upstream.name().to_owned()),
-            None => {
-                warn!(upstream = %upstream.name(), "upstream switched protocols without being asked");
-                shared.metrics.upstream_error(upstream.name(), "protocol");
-                plain(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream answered 101 to a request that asked for no upgrade",
-                )
-            }
-        };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(resp.headers_mut());
+        let version = resp.version();
+        append_via(resp.headers_mut(), version);
     }
-
-    strip_hop_by_hop(resp.headers_mut());
-    let version = resp.version();
-    append_via(resp.headers_mut(), version);
-    let timeout = upstream.config.total_timeout;
-    resp.map(|b| Deadline::new(b, deadline, timeout).boxed())
+    Ok(Upstreamed {
+        response: resp,
+        deadline,
+        timeout,
+    })
 }
 
 fn upstream_failure(
@@ -201,7 +275,7 @@ fn tunnel(
 }
 
 /// The protocol an HTTP/1.1 client asks to upgrade to, if it does.
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }

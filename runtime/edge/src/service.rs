@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::active::{RouteCtx, Target};
 use crate::body::{Body, Observed, OnComplete};
+use crate::cached;
 use crate::client_addr;
 use crate::conn::{ConnInfo, InFlight};
 use crate::node::Shared;
@@ -21,7 +22,7 @@ use crate::router::normalize_host;
 use crate::static_files;
 
 /// Facts about one request that the proxy and the access log share.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RequestCtx {
     pub client_ip: IpAddr,
     pub peer: std::net::SocketAddr,
@@ -89,7 +90,10 @@ pub async fn handle(
                 )
             }
             Target::Upstream(up) => {
-                let resp = proxy::forward(&shared, &ctx, route, up, req).await;
+                let resp = match &route.cache {
+                    Some(policy) => cached::serve(&shared, &ctx, route, up, policy, req).await,
+                    None => proxy::forward(&shared, &ctx, route, up, req).await,
+                };
                 (resp, Some(up.name().to_owned()))
             }
         },
