@@ -700,7 +700,7 @@ fn build_route(
         }
         Some(CacheSwitch::Table(table)) => {
             if is_static {
-                static_cached("a [cache] table", sink);
+                static_cached("a table", sink);
             }
             // Checked on static routes too, so every problem shows at once.
             build_route_cache(table, &cache_key, sink)
@@ -752,8 +752,10 @@ fn build_route_cache(table: &Table, key: &Key, sink: &mut Sink<'_>) -> Option<Ro
         Some(ttl) => Some(ttl.0),
         None => {
             if mode == CacheMode::Override && !parsed.is_bad("ttl") {
-                sink.push(
+                // Name the file that asked for override, maybe an overlay.
+                sink.push_caused_by(
                     &ttl_key,
+                    &key.field("mode"),
                     "required with mode = \"override\" (expected a duration like \"5m\" that replaces the origin's freshness)",
                 );
             }

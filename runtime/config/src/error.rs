@@ -250,6 +250,14 @@ impl<'a> Sink<'a> {
             .push(ConfigError::new(file, key.to_string(), message));
     }
 
+    /// An error about `key` (often a missing one) caused by the value at
+    /// `cause`: the file that set `cause` is named.
+    pub(crate) fn push_caused_by(&mut self, key: &Key, cause: &Key, message: impl Into<String>) {
+        let file = self.origins.file_of(cause).name.clone();
+        self.errors
+            .push(ConfigError::new(file, key.to_string(), message));
+    }
+
     /// The directory relative paths set at `key` resolve against.
     pub(crate) fn base_dir(&self, key: &Key) -> &'a Path {
         &self.origins.file_of(key).base_dir

@@ -206,6 +206,29 @@ mod tests {
             "[routes.a]\npath = '/'",
             &[("routes", 1), ("routes.a.path", 1)],
         );
+        // A boolean replaces a table (`cache = false` over a cache table)
+        // and forgets the global's keys below it...
+        check(
+            "[routes.r.cache]\nclass = 'api'",
+            "[routes.r]\ncache = false",
+            "[routes.r]\ncache = false",
+            &[
+                ("routes.r.cache", 1),
+                ("routes.r.cache.class", 1),
+                ("routes.r", 0),
+            ],
+        );
+        // ...and a table replaces a boolean whole.
+        check(
+            "[routes.r]\ncache = false\npath = '/'",
+            "[routes.r.cache]\nttl = '5m'",
+            "[routes.r]\npath = '/'\n[routes.r.cache]\nttl = '5m'",
+            &[
+                ("routes.r.cache", 1),
+                ("routes.r.cache.ttl", 1),
+                ("routes.r.path", 0),
+            ],
+        );
         // Keys only in the global stay global.
         check("[a]\nb = 1", "", "[a]\nb = 1", &[("a.b", 0), ("a", 0)]);
     }

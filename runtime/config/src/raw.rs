@@ -790,6 +790,58 @@ mod tests {
     }
 
     #[test]
+    fn cache_section_errors() {
+        check::<RawCache>(
+            "cache",
+            "integrity = 'always'\nmemory = '1GiB'\nscrub_per_second = 0",
+            &[],
+        );
+        for good in [
+            "integrity = '1/1'",
+            "integrity = 1",
+            "integrity = 4294967295",
+        ] {
+            check::<RawCache>("cache", good, &[]);
+        }
+        let expected = r#"cache.integrity: expected "always", a sample like "1/100" (verify one hit in 100), or a positive integer, found"#;
+        for (input, found) in [
+            ("integrity = 0", "0"),
+            ("integrity = -5", "-5"),
+            ("integrity = 4294967296", "4294967296"),
+            ("integrity = '1/0'", r#""1/0""#),
+            ("integrity = '1/+5'", r#""1/+5""#),
+            ("integrity = '1/'", r#""1/""#),
+            ("integrity = '2/100'", r#""2/100""#),
+            ("integrity = '100'", r#""100""#),
+            ("integrity = 'Always'", r#""Always""#),
+            ("integrity = '1/99999999999'", r#""1/99999999999""#),
+        ] {
+            check::<RawCache>("cache", input, &[&format!("{expected} {found}")]);
+        }
+        check::<RawCache>(
+            "cache",
+            "integrity = 1.5",
+            &[&format!("{expected} the number 1.5")],
+        );
+        check::<RawRoute>(
+            "routes.a",
+            "cache = 1",
+            &[r#"routes.a.cache: expected a boolean or a table, found the integer 1"#],
+        );
+        check::<RawRoute>("routes.a", "cache = false", &[]);
+        check::<RawRoute>("routes.a", "[cache]\nanything = 'checked later'", &[]);
+        check::<RawRouteCache>(
+            "routes.a.cache",
+            "mode = 'Origin'\nclass = 'images'\nkey_headers = 'x-a'",
+            &[
+                r#"routes.a.cache.class: expected "auto", "none", "image", "fingerprinted", "font", "video", "api", "per-user" or "realtime", found "images""#,
+                r#"routes.a.cache.key_headers: expected an array, found the string "x-a""#,
+                r#"routes.a.cache.mode: expected "origin" or "override", found "Origin""#,
+            ],
+        );
+    }
+
+    #[test]
     fn non_table_section() {
         assert_eq!(
             errors_of::<RawAdmin>("admin", "x = 1").len(),

@@ -644,5 +644,17 @@ mod tests {
         assert!(admin_token("s3cret-token").is_ok());
         assert!(admin_token("has space").is_err());
         assert!(admin_token("").is_err());
+        assert_eq!(
+            request_header_name("X-User-Id").map(|h| h.to_string()),
+            Ok("x-user-id".to_owned())
+        );
+        assert!(request_header_name("x user").is_err());
+        assert!(request_header_name("").is_err());
+        for good in ["utm_source", "*", "a.b[]", "%C3%A9"] {
+            assert_eq!(query_param(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a=b", "a&b", "a#", "a b", "é"] {
+            assert!(query_param(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -7,8 +7,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
 use cathedral_config::{
-    ConfigError, HostHeader, Limits, Overrides, RouteTarget, Scheme, Source, TlsVersion,
+    CacheMode, CacheSettings, ClassChoice, ConfigError, ContentClassName, HostHeader,
+    IntegrityCheck, Limits, Overrides, RouteCache, RouteTarget, Scheme, Source, TlsVersion,
     UpstreamTls, default_bootstrap, load, load_bootstrap, load_edge, parse_edge, quick_upstream,
     render_effective,
 };
@@ -63,6 +66,134 @@ fn defaults() {
     };
     assert_eq!(bootstrap.limits, limits);
     assert_eq!(Limits::default(), limits);
+    let cache = CacheSettings {
+        memory_bytes: 256 * 1024 * 1024,
+        max_object_bytes: 16 * 1024 * 1024,
+        integrity: IntegrityCheck::Sample(100),
+        scrub_per_second: 200,
+        coalesce_timeout: Duration::from_secs(10),
+        coalesce_max_waiters: 1024,
+    };
+    assert_eq!(bootstrap.cache, cache);
+    assert_eq!(CacheSettings::default(), cache);
+    assert_eq!(
+        RouteCache::default(),
+        RouteCache {
+            mode: CacheMode::Origin,
+            ttl: None,
+            class: ClassChoice::Auto,
+            ignore_query: Vec::new(),
+            sort_query: false,
+            key_headers: Vec::new(),
+            store_set_cookie: false,
+            forward_cdn_cache_control: true,
+        }
+    );
+}
+
+/// Which routes cache, and the errors about cache keys name the file that set them.
+#[test]
+fn route_cache_and_overlays() {
+    let global = r#"
+[upstreams.o]
+targets = ["http://127.0.0.1:9000"]
+
+[routes.site]
+path = "/"
+static = "."
+
+[routes.plain]
+path = "/plain"
+upstream = "o"
+
+[routes.api]
+path = "/api"
+upstream = "o"
+
+[routes.api.cache]
+class = "api"
+ignore_query = ["utm_source"]
+
+[routes.live]
+path = "/live"
+upstream = "o"
+cache = false
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let global_source = Source {
+        name: Path::new("edge.toml"),
+        text: global,
+        base_dir: dir.path(),
+    };
+    let edge = parse_edge(global_source, None, "us-east-1").unwrap();
+    let cache_of = |edge: &cathedral_config::EdgeConfig, name: &str| {
+        edge.routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap()
+            .cache
+            .clone()
+    };
+    assert_eq!(cache_of(&edge, "site"), None, "static routes never cache");
+    assert_eq!(cache_of(&edge, "plain"), Some(RouteCache::default()));
+    assert_eq!(cache_of(&edge, "live"), None);
+    assert_eq!(
+        cache_of(&edge, "api"),
+        Some(RouteCache {
+            class: ClassChoice::Fixed(ContentClassName::Api),
+            ignore_query: vec!["utm_source".into()],
+            ..RouteCache::default()
+        })
+    );
+
+    // The overlay changes one key of a table, turns a table off and a
+    // boolean into a table.
+    let overlay = format!(
+        "{EU_CENTRAL}\n[routes.api.cache]\nkey_headers = [\"X-Tier\"]\n\n[routes.plain]\ncache = false\n\n[routes.live.cache]\nmode = \"override\"\nttl = \"1s\"\n"
+    );
+    let overlay_source = Source {
+        name: Path::new("regions/eu-central-1.toml"),
+        text: &overlay,
+        base_dir: dir.path(),
+    };
+    let edge = parse_edge(global_source, Some(overlay_source), "eu-central-1").unwrap();
+    assert_eq!(cache_of(&edge, "plain"), None);
+    assert_eq!(
+        cache_of(&edge, "api"),
+        Some(RouteCache {
+            class: ClassChoice::Fixed(ContentClassName::Api),
+            ignore_query: vec!["utm_source".into()],
+            key_headers: vec![http::HeaderName::from_static("x-tier")],
+            ..RouteCache::default()
+        })
+    );
+    assert_eq!(
+        cache_of(&edge, "live"),
+        Some(RouteCache {
+            mode: CacheMode::Override,
+            ttl: Some(Duration::from_secs(1)),
+            ..RouteCache::default()
+        })
+    );
+
+    // Errors name the file each key came from.
+    let overlay = format!(
+        "{EU_CENTRAL}\n[routes.api.cache]\nmode = \"override\"\n\n[routes.live.cache]\nclass = \"nope\"\n\n[routes.site]\ncache = true\n"
+    );
+    let overlay_source = Source {
+        text: &overlay,
+        ..overlay_source
+    };
+    let errors = parse_edge(global_source, Some(overlay_source), "eu-central-1").unwrap_err();
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"regions/eu-central-1.toml: routes.api.cache.ttl: required with mode = "override" (expected a duration like "5m" that replaces the origin's freshness)"#,
+            r#"regions/eu-central-1.toml: routes.live.cache.class: expected "auto", "none", "image", "fingerprinted", "font", "video", "api", "per-user" or "realtime", found "nope""#,
+            r#"regions/eu-central-1.toml: routes.site.cache: static routes serve local content and are not cached (expected cache = false or no cache key, found cache = true)"#,
+        ]
+    );
 }
 
 #[test]
@@ -366,6 +497,16 @@ fn quick_mode() {
     assert_eq!(route.path_prefix, "/");
     assert_eq!(route.target, RouteTarget::Upstream("upstream".into()));
     assert_eq!(route.host_header, HostHeader::Preserve);
+    assert_eq!(
+        route.cache,
+        Some(RouteCache {
+            class: ClassChoice::Disabled,
+            ..RouteCache::default()
+        }),
+        "quick mode caches by RFC 9111 alone"
+    );
+    let bootstrap = default_bootstrap(&Overrides::default()).unwrap();
+    common::round_trip(&bootstrap, &edge, &render_effective(&bootstrap, &edge));
 
     let tls = quick_upstream("https://origin.example.com/", "us-east-1").unwrap();
     let upstream = &tls.upstreams["upstream"];
@@ -402,6 +543,7 @@ fn hostile_input_is_an_error_not_a_panic() {
         "node = 1\nlisten = 2\ntls = 3\nadmin = 4\nlimits = 5",
         "[tls]\ncertificates = [1, {}]\n[[listen]]\ntls = true",
         "[region]\nid = 5",
+        "[cache]\nintegrity = '1/'\nmemory = 1e9\n[routes.a]\npath = '/'\nupstream = 'a'\ncache = { ttl = '99999999999999999h', key_headers = [[]], class = 5 }",
     ];
     let dir = tree(&[("regions/us-east-1.toml", US_EAST)]);
     for input in inputs {
