@@ -6,7 +6,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use cathedral_config::{Overrides, RouteTarget, Scheme, load, render_effective};
+use cathedral_config::{
+    CacheSettings, ClassChoice, ContentClassName, Overrides, RouteCache, RouteTarget, Scheme, load,
+    render_effective,
+};
 
 fn repo() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).to_path_buf()
@@ -56,6 +59,24 @@ fn demo_config_loads_as_shipped() {
     assert_eq!(api.path_prefix, "/api");
     assert_eq!(api.target, RouteTarget::Upstream("api".into()));
     assert_eq!(edge.upstreams["api"].targets, ["127.0.0.1:9000"]);
+    assert_eq!(site.cache, None, "static routes are not cached");
+    assert_eq!(
+        api.cache,
+        Some(RouteCache {
+            class: ClassChoice::Fixed(ContentClassName::Api),
+            ignore_query: vec![
+                "utm_source".into(),
+                "utm_medium".into(),
+                "utm_campaign".into()
+            ],
+            ..RouteCache::default()
+        })
+    );
+    assert_eq!(
+        bootstrap.cache,
+        CacheSettings::default(),
+        "node.toml spells out the defaults"
+    );
 }
 
 #[test]
