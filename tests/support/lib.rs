@@ -51,10 +51,42 @@ pub struct Seen {
 /// - `/ws` accepts a WebSocket upgrade and echoes messages.
 /// - `/status/N` answers with status N.
 /// - anything else: 200 "origin:<path>".
+/// A response the origin gives for one path, set by the test.
+#[derive(Debug, Clone, Default)]
+pub struct Scripted {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// Answer 304 (with these headers) when `If-None-Match` carries the
+    /// scripted `etag` header's value.
+    pub honour_etag: bool,
+}
+
+impl Scripted {
+    pub fn ok(body: &str, headers: &[(&str, &str)]) -> Self {
+        Scripted {
+            status: 200,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_owned(),
+            honour_etag: true,
+        }
+    }
+
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub addr: SocketAddr,
     pub count: Arc<AtomicUsize>,
+    scripts: Arc<Mutex<HashMap<String, Scripted>>>,
+    per_path: Arc<Mutex<HashMap<String, usize>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
     held: Arc<AtomicUsize>,
@@ -103,6 +135,8 @@ impl Origin {
         let origin = Origin {
             addr: listener.local_addr().unwrap(),
             count: Arc::new(AtomicUsize::new(0)),
+            scripts: Arc::new(Mutex::new(HashMap::new())),
+            per_path: Arc::new(Mutex::new(HashMap::new())),
             seen: Arc::new(Mutex::new(Vec::new())),
             release: Arc::new(Notify::new()),
             held: Arc::new(AtomicUsize::new(0)),
@@ -152,6 +186,35 @@ impl Origin {
         self.count.load(Ordering::SeqCst)
     }
 
+    /// Sets what `path` answers from now on.
+    pub fn script(&self, path: &str, response: Scripted) {
+        self.scripts
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), response);
+    }
+
+    /// Requests the origin received for `path` (query ignored).
+    pub fn count_for(&self, path: &str) -> usize {
+        self.per_path
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until `path` has been requested `n` times.
+    pub async fn wait_count(&self, path: &str, n: usize) {
+        tokio::time::timeout(PATIENCE, async {
+            while self.count_for(path) < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the origin saw the requests");
+    }
+
     pub fn last_seen(&self) -> Seen {
         self.seen
             .lock()
@@ -190,6 +253,16 @@ impl Origin {
             headers: req.headers().clone(),
         });
         let path = req.uri().path().to_owned();
+        *self
+            .per_path
+            .lock()
+            .unwrap()
+            .entry(path.clone())
+            .or_default() += 1;
+        let scripted = self.scripts.lock().unwrap().get(&path).cloned();
+        if let Some(script) = scripted {
+            return self.scripted(&req, script).await;
+        }
         if path.starts_with("/echo") {
             let mut headers = header_lines(req.headers());
             headers.sort();
@@ -284,6 +357,32 @@ impl Origin {
             .header("keep-alive", "timeout=5")
             .body(full(format!("origin:{path}")))
             .unwrap()
+    }
+}
+
+impl Origin {
+    async fn scripted(&self, req: &Request<Incoming>, script: Scripted) -> Response<TestBody> {
+        let etag = script
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+            .map(|(_, v)| v.clone());
+        let inm = req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok());
+        let not_modified = script.honour_etag && etag.is_some() && inm == etag.as_deref();
+        let mut builder =
+            Response::builder().status(if not_modified { 304 } else { script.status });
+        for (k, v) in &script.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let body = if not_modified || req.method() == http::Method::HEAD {
+            String::new()
+        } else {
+            script.body
+        };
+        builder.body(full(body)).unwrap()
     }
 }
 

@@ -363,6 +363,11 @@ impl NodeHandle {
         self.shared.reload().await
     }
 
+    /// The node's shared HTTP cache (it outlives reloads).
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.shared.cache
+    }
+
     /// Stops accepting, asks every connection to finish its in-flight
     /// requests, and waits up to the configured grace period. Returns
     /// `true` when every connection closed in time.
