@@ -42,15 +42,6 @@ pub struct Seen {
     pub headers: http::HeaderMap,
 }
 
-/// A scripted origin on 127.0.0.1:0.
-///
-/// - `/echo...` answers 200 with a JSON summary of the request.
-/// - `/stream-echo` streams the request body back as it arrives.
-/// - `/hold` answers only after [`Origin::release`] is called.
-/// - `/silent` never answers.
-/// - `/ws` accepts a WebSocket upgrade and echoes messages.
-/// - `/status/N` answers with status N.
-/// - anything else: 200 "origin:<path>".
 /// A response the origin gives for one path, set by the test.
 #[derive(Debug, Clone, Default)]
 pub struct Scripted {
@@ -81,6 +72,17 @@ impl Scripted {
     }
 }
 
+/// A scripted origin on 127.0.0.1:0.
+///
+/// - a path given a [`Scripted`] response answers with it (and 304 to a
+///   matching `If-None-Match` when asked to).
+/// - `/echo...` answers 200 with a `key: value` summary of the request.
+/// - `/stream-echo` streams the request body back as it arrives.
+/// - `/hold` answers only after [`Origin::release`] is called.
+/// - `/silent` never answers.
+/// - `/ws` accepts a WebSocket upgrade and echoes messages.
+/// - `/status/N` answers with status N.
+/// - anything else: 200 "origin:<path>".
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub addr: SocketAddr,

@@ -63,14 +63,14 @@ pub async fn serve(
     };
     let status = CacheStatus::from_lookup(&lookup);
     match lookup {
-        Lookup::Hit(hit) => x.from_hit(&hit, &parts, status),
+        Lookup::Hit(hit) => x.serve_hit(&hit, &parts, status),
         Lookup::Stale { hit, refresh } => {
             if let Some(guard) = refresh {
                 let refresher = x.clone();
                 let parts = parts.clone();
                 tokio::spawn(async move { refresher.refresh(parts, guard).await });
             }
-            x.from_hit(&hit, &parts, status)
+            x.serve_hit(&hit, &parts, status)
         }
         Lookup::Revalidate { hit, conditional } => {
             x.revalidate(&parts, hit, conditional, status).await
@@ -88,7 +88,7 @@ pub async fn serve(
 impl Exchange {
     /// Answers from a stored response: conditionals, a single range and
     /// HEAD handled, internal fields stripped, `Age` set.
-    fn from_hit(&self, hit: &Hit, parts: &Parts, status: CacheStatus) -> Response<Body> {
+    fn serve_hit(&self, hit: &Hit, parts: &Parts, status: CacheStatus) -> Response<Body> {
         let creq = CacheRequest::new(parts, self.ctx.tls);
         let served = hit.respond(&creq);
         self.answer(served, status)
@@ -129,7 +129,7 @@ impl Exchange {
                 match self.shared.cache.collapsed_hit(&creq, &entry, &self.policy) {
                     Some(hit) => {
                         let status = CacheStatus::from_lookup(&Lookup::Hit(hit.clone()));
-                        self.from_hit(&hit, parts, status)
+                        self.serve_hit(&hit, parts, status)
                     }
                     None => self.fetch_and_store(parts, status).await.0,
                 }
@@ -161,8 +161,11 @@ impl Exchange {
         let mut parts = client.clone();
         parts.headers = serve::upstream_headers(&client.headers, conditional);
         parts.headers.remove(http::header::CONTENT_LENGTH);
-        proxy::prepare(&self.ctx, &self.route, &self.upstream, &mut parts)
-            .map_err(|response| Failure { response })?;
+        proxy::prepare(&self.ctx, &self.route, &self.upstream, &mut parts).map_err(|response| {
+            Failure {
+                response: *response,
+            }
+        })?;
         let request_time = self.shared.cache.now();
         let resp = proxy::send(&self.shared, &self.upstream, parts, Empty::<Bytes>::new()).await?;
         let response_time = self.shared.cache.now();
@@ -261,7 +264,7 @@ impl Exchange {
         match self.fetch(parts, Some(&conditional)).await {
             Err(failure) => {
                 if self.shared.cache.serve_stale_on_error(&hit, None) {
-                    return self.from_hit(&hit, parts, status.detail("stale-if-error"));
+                    return self.serve_hit(&hit, parts, status.detail("stale-if-error"));
                 }
                 with_status(failure.response, status)
             }
@@ -273,8 +276,10 @@ impl Exchange {
                     .cache
                     .revalidated(hit.entry(), &headers, timing, &self.policy)
                 {
-                    Revalidated::Stored(fresh) => self.from_hit(&fresh, parts, status.stored(true)),
-                    Revalidated::NotStored { hit, .. } => self.from_hit(&hit, parts, status),
+                    Revalidated::Stored(fresh) => {
+                        self.serve_hit(&fresh, parts, status.stored(true))
+                    }
+                    Revalidated::NotStored { hit, .. } => self.serve_hit(&hit, parts, status),
                     Revalidated::Mismatch => self.fetch_and_store(parts, status).await.0,
                 }
             }
@@ -285,7 +290,7 @@ impl Exchange {
                     .serve_stale_on_error(&hit, Some(resp.status())) =>
             {
                 let status = status.fwd_status(resp.status()).detail("stale-if-error");
-                self.from_hit(&hit, parts, status)
+                self.serve_hit(&hit, parts, status)
             }
             Ok((resp, timing)) => self.store_and_answer(parts, resp, timing, status).await.0,
         }
@@ -331,7 +336,7 @@ impl Exchange {
         );
         let original = unsafe_method.then(|| parts.clone());
         if let Err(resp) = proxy::prepare(&self.ctx, &self.route, &self.upstream, &mut parts) {
-            return resp;
+            return *resp;
         }
         match proxy::send(&self.shared, &self.upstream, parts, body).await {
             Ok(resp) => {

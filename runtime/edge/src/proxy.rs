@@ -46,7 +46,7 @@ pub async fn forward(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     if let Err(resp) = prepare(ctx, route, upstream, &mut parts) {
-        return resp;
+        return *resp;
     }
     if let Some(proto) = &upgrade {
         parts
@@ -84,7 +84,7 @@ pub fn prepare(
     route: &RouteCtx,
     upstream: &UpstreamClient,
     parts: &mut http::request::Parts,
-) -> Result<(), Response<Body>> {
+) -> Result<(), Box<Response<Body>>> {
     let client_version = parts.version;
     strip_hop_by_hop(&mut parts.headers);
     append_via(&mut parts.headers, client_version);
@@ -122,10 +122,10 @@ pub fn prepare(
         Ok(uri) => uri,
         Err(e) => {
             warn!(upstream = %upstream.name(), error = %e, "cannot build upstream URI");
-            return Err(plain(
+            return Err(Box::new(plain(
                 StatusCode::BAD_GATEWAY,
                 "upstream address is invalid",
-            ));
+            )));
         }
     };
     parts.version = match upstream.config.protocol {
