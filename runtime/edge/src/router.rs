@@ -118,6 +118,7 @@ mod tests {
             target: RouteTarget::Upstream("u".into()),
             host_header: HostHeader::Preserve,
             response_headers: vec![],
+            cache: None,
         }
     }
 
