@@ -113,6 +113,7 @@ pub async fn handle(
         path,
         version,
         status: resp.status().as_u16(),
+        cache: cache_outcome(resp.headers()),
         upstream,
         client: ctx.client_ip,
         started,
@@ -138,6 +139,9 @@ struct AccessLog {
     path: String,
     version: Version,
     status: u16,
+    /// `hit`, or why the request went forward (`uri-miss`, `stale`, ...);
+    /// `-` on routes without a cache.
+    cache: &'static str,
     upstream: Option<String>,
     client: IpAddr,
     started: Instant,
@@ -167,9 +171,36 @@ impl OnComplete for AccessLog {
             complete = clean,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             route,
+            cache = self.cache,
             upstream = self.upstream.as_deref().unwrap_or("-"),
             region = %self.shared.region,
             "request"
         );
+    }
+}
+
+/// The access log's short form of this node's `Cache-Status` member.
+fn cache_outcome(headers: &http::HeaderMap) -> &'static str {
+    let Some(value) = headers
+        .get_all("cache-status")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(cathedral_cache::CACHE_NAME))
+    else {
+        return "-";
+    };
+    let params = || value.split(';').map(str::trim);
+    if params().any(|p| p == "hit") {
+        return "hit";
+    }
+    match params().find_map(|p| p.strip_prefix("fwd=")) {
+        Some("uri-miss") => "uri-miss",
+        Some("vary-miss") => "vary-miss",
+        Some("miss") => "miss",
+        Some("stale") => "stale",
+        Some("request") => "request",
+        Some("bypass") => "bypass",
+        Some("method") => "method",
+        _ => "other",
     }
 }
