@@ -1,4 +1,4 @@
-//! The edge config (`[upstreams.*]`, `[routes.*]`, and an overlay's `[region]`): global file and region overlay merged, then validated into an [`EdgeConfig`].
+//! The edge config (`[upstreams.*]`, `[rate_limits.*]`, `[routes.*]`, and an overlay's `[region]`): global file and region overlay merged, then validated into an [`EdgeConfig`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -10,13 +10,13 @@ use crate::bootstrap::check_duration;
 use crate::error::{ConfigError, ConfigErrors, FileInfo, Key, Result, Sink, toml_string};
 use crate::merge::{MAIN, OVERLAY, Origins, Provenance, merge};
 use crate::raw::{
-    CacheSwitch, RawRegion, RawRoute, RawRouteCache, RawUpstream, check_keys, describe, section,
-    table_section,
+    CacheSwitch, Count, RawRateLimit, RawRegion, RawRoute, RawRouteCache, RawUpstream, check_keys,
+    describe, section, table_section,
 };
 use crate::size::format_duration;
 use crate::types::{
-    CacheMode, ClassChoice, EdgeConfig, HostHeader, HostMatch, Route, RouteCache, RouteTarget,
-    Scheme, StaticSite, Upstream, UpstreamProtocol, UpstreamTls,
+    CacheMode, ClassChoice, EdgeConfig, HostHeader, HostMatch, RateLimitKey, RateLimitPolicy,
+    Route, RouteCache, RouteTarget, Scheme, StaticSite, Upstream, UpstreamProtocol, UpstreamTls,
 };
 use crate::validate;
 
@@ -31,7 +31,14 @@ pub(crate) const DEFAULT_INDEX: &str = "index.html";
 /// and is what immutable content is given anyway.
 pub(crate) const MAX_TTL: Duration = Duration::from_secs(31_557_600);
 
-const TABLES: &[&str] = &["upstreams", "routes", "region"];
+/// Rate-limit `per` when not set.
+pub(crate) const DEFAULT_RATE_PERIOD: Duration = Duration::from_secs(1);
+/// Keys a rate-limit policy tracks when `max_keys` is not set.
+pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
+/// Largest `max_keys`: bounds a policy's memory (tens of bytes per key).
+pub(crate) const MAX_MAX_KEYS: usize = 10_000_000;
+
+const TABLES: &[&str] = &["upstreams", "rate_limits", "routes", "region"];
 
 impl Default for RouteCache {
     /// What an upstream route without a `cache` key gets: the origin's
@@ -241,7 +248,10 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
             "node" | "listen" | "tls" | "admin" | "limits" => {
                 Some("node-local settings belong in the bootstrap file (node.toml)")
             }
-            "upstream" | "route" => Some("did you mean the plural?"),
+            "upstream" | "route" | "rate_limit" => Some("did you mean the plural?"),
+            "ratelimits" | "rate-limits" | "ratelimit" | "rate-limit" => {
+                Some("did you mean rate_limits?")
+            }
             _ => None,
         },
         sink,
@@ -260,6 +270,20 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
         }
     }
 
+    let policies_key = root.field("rate_limits");
+    let policy_tables = named_tables(table.get("rate_limits"), &policies_key, "rate_limits", sink);
+    // Every declared policy with its key when that could be read (even if
+    // the policy has other errors), so routes are checked against it.
+    let mut policy_keys: BTreeMap<String, Option<RateLimitKey>> = BTreeMap::new();
+    let mut rate_limits = BTreeMap::new();
+    for (name, value) in &policy_tables {
+        let (policy, policy_key) = build_rate_limit(name, value, &policies_key.field(name), sink);
+        policy_keys.insert(name.clone(), policy_key);
+        if let Some(policy) = policy {
+            rate_limits.insert(name.clone(), policy);
+        }
+    }
+
     let routes_key = root.field("routes");
     let route_tables = named_tables(table.get("routes"), &routes_key, "routes", sink);
     let mut routes = Vec::new();
@@ -268,7 +292,7 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
     let mut claimed: BTreeMap<(String, String), (String, Vec<String>)> = BTreeMap::new();
     for (name, value) in &route_tables {
         let key = routes_key.field(name);
-        let Some(route) = build_route(name, value, &key, &declared, sink) else {
+        let Some(route) = build_route(name, value, &key, &declared, &policy_keys, sink) else {
             continue;
         };
         let mut hosts: Vec<String> = route.hosts.iter().map(host_text).collect();
@@ -314,10 +338,11 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
         region: region.to_owned(),
         upstreams,
         routes,
+        rate_limits,
     }
 }
 
-/// `[upstreams.<name>]` / `[routes.<name>]`: a table of named tables.
+/// `[upstreams.<name>]` / `[rate_limits.<name>]` / `[routes.<name>]`: a table of named tables.
 fn named_tables(
     value: Option<&Value>,
     key: &Key,
@@ -498,11 +523,153 @@ fn build_upstream(name: &str, value: &Value, key: &Key, sink: &mut Sink<'_>) -> 
     })
 }
 
+/// A positive integer that fits `u32`.
+fn positive_u32(value: usize, key: &Key, sink: &mut Sink<'_>) -> Option<u32> {
+    match u32::try_from(value) {
+        Ok(0) => {
+            sink.push(key, "expected a positive integer, found 0");
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            sink.push(key, format!("expected at most {}, found {value}", u32::MAX));
+            None
+        }
+    }
+}
+
+/// An integer in `min..=max`.
+fn in_range(value: usize, min: usize, max: usize, key: &Key, sink: &mut Sink<'_>) -> Option<usize> {
+    if (min..=max).contains(&value) {
+        Some(value)
+    } else {
+        sink.push(
+            key,
+            format!("expected an integer between {min} and {max}, found {value}"),
+        );
+        None
+    }
+}
+
+/// `[rate_limits.<name>]`. Returns the policy when it is valid, and its key
+/// whenever that could be read (routes check `user-id` keys against it).
+fn build_rate_limit(
+    name: &str,
+    value: &Value,
+    key: &Key,
+    sink: &mut Sink<'_>,
+) -> (Option<RateLimitPolicy>, Option<RateLimitKey>) {
+    let before = sink.error_count();
+    if let Err(message) = validate::check_policy_name(name) {
+        sink.push(key, format!("invalid rate-limit policy name: {message}"));
+    }
+    let Value::Table(table) = value else {
+        sink.push(
+            key,
+            format!(
+                "expected a table ([rate_limits.{}]), found {}",
+                crate::error::toml_key(name),
+                describe(value)
+            ),
+        );
+        return (None, None);
+    };
+    let parsed = table_section::<RawRateLimit>(table, key, sink);
+    let raw = &parsed.value;
+
+    let rate_key = key.field("rate");
+    let rate = match raw.rate {
+        Some(Count(n)) => positive_u32(n, &rate_key, sink),
+        None if parsed.is_bad("rate") => None,
+        None => {
+            sink.push(
+                &rate_key,
+                "required key is missing (expected the requests allowed per `per`, e.g. 10)",
+            );
+            None
+        }
+    };
+    let duration = |field: &str, value: Option<Duration>, sink: &mut Sink<'_>| {
+        value.and_then(|d| {
+            check_duration(d, false)
+                .map_err(|message| sink.push(&key.field(field), message))
+                .ok()
+        })
+    };
+    let period = duration("per", raw.per.map(|d| d.0), sink).unwrap_or(DEFAULT_RATE_PERIOD);
+    let burst = raw
+        .burst
+        .and_then(|Count(n)| positive_u32(n, &key.field("burst"), sink));
+    let penalty = duration("penalty", raw.penalty.map(|d| d.0), sink);
+
+    let policy_key = match &raw.key {
+        None if parsed.is_bad("key") => None,
+        None => validate::rate_limit_key("client-ip").ok(),
+        Some(text) => validate::rate_limit_key(text)
+            .map_err(|message| sink.push(&key.field("key"), message))
+            .ok(),
+    };
+    // The prefixes group client IPs; with any other key they mean nothing.
+    let prefix = |field: &str, value: Option<Count>, max: u8, sink: &mut Sink<'_>| {
+        let Count(n) = value?;
+        let field_key = key.field(field);
+        match &policy_key {
+            Some(RateLimitKey::ClientIp { .. }) | None => {
+                in_range(n, 1, usize::from(max), &field_key, sink)
+                    .and_then(|n| u8::try_from(n).ok())
+            }
+            Some(other) => {
+                sink.push(
+                    &field_key,
+                    format!(
+                        "only allowed with key = \"client-ip\" (this policy is keyed by {})",
+                        toml_string(&validate::rate_limit_key_text(other))
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let ipv4_prefix = prefix("ipv4_prefix", raw.ipv4_prefix, 32, sink);
+    let ipv6_prefix = prefix("ipv6_prefix", raw.ipv6_prefix, 128, sink);
+    let policy_key = policy_key.map(|policy_key| match policy_key {
+        RateLimitKey::ClientIp {
+            ipv4_prefix: v4,
+            ipv6_prefix: v6,
+        } => RateLimitKey::ClientIp {
+            ipv4_prefix: ipv4_prefix.unwrap_or(v4),
+            ipv6_prefix: ipv6_prefix.unwrap_or(v6),
+        },
+        other => other,
+    });
+    let max_keys = raw
+        .max_keys
+        .and_then(|Count(n)| in_range(n, 1, MAX_MAX_KEYS, &key.field("max_keys"), sink))
+        .unwrap_or(DEFAULT_MAX_KEYS);
+
+    let (Some(rate), Some(policy), false) = (rate, policy_key.clone(), sink.error_count() > before)
+    else {
+        return (None, policy_key);
+    };
+    let policy = RateLimitPolicy {
+        name: name.to_owned(),
+        rate,
+        period,
+        burst: burst.unwrap_or(rate),
+        penalty,
+        key: policy,
+        max_keys,
+        headers_on_allowed: raw.headers.is_some_and(|h| h.0),
+    };
+    (Some(policy), policy_key)
+}
+
 fn build_route(
     name: &str,
     value: &Value,
     key: &Key,
     upstreams: &BTreeSet<&str>,
+    policies: &BTreeMap<String, Option<RateLimitKey>>,
     sink: &mut Sink<'_>,
 ) -> Option<Route> {
     let before = sink.error_count();
@@ -707,6 +874,53 @@ fn build_route(
         }
     };
 
+    // user_id and rate_limits (static routes too: they are checked before
+    // anything else on the route).
+    let user_id = raw.user_id.as_deref().and_then(|text| {
+        validate::user_id_source(text)
+            .map_err(|message| sink.push(&key.field("user_id"), message))
+            .ok()
+    });
+    let has_user_id = raw.user_id.is_some() || parsed.is_bad("user_id");
+    let limits_key = key.field("rate_limits");
+    let mut rate_limits: Vec<String> = Vec::new();
+    for (i, policy) in raw.rate_limits.iter().flatten().enumerate() {
+        let item_key = limits_key.index(i);
+        if rate_limits.contains(policy) {
+            sink.push(
+                &item_key,
+                format!("{} is listed twice", toml_string(policy)),
+            );
+            continue;
+        }
+        match policies.get(policy) {
+            None => {
+                let known = if policies.is_empty() {
+                    String::from("no rate-limit policies are defined")
+                } else {
+                    format!(
+                        "known: {}",
+                        policies.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                    )
+                };
+                sink.push(
+                    &item_key,
+                    format!("no rate-limit policy named {} ({known})", toml_string(policy)),
+                );
+            }
+            Some(Some(RateLimitKey::UserId)) if !has_user_id => sink.push(
+                &item_key,
+                format!(
+                    "policy {} is keyed by user-id but route {} has no user_id (set user_id = \"cookie:<name>\" or \"header:<name>\" on the route)",
+                    toml_string(policy),
+                    toml_string(name)
+                ),
+            ),
+            Some(_) => {}
+        }
+        rate_limits.push(policy.clone());
+    }
+
     if sink.error_count() > before {
         return None;
     }
@@ -718,6 +932,8 @@ fn build_route(
         host_header,
         response_headers,
         cache,
+        rate_limits,
+        user_id,
     })
 }
 

@@ -1,5 +1,6 @@
 //! Entry points: reading the bootstrap file and the files it names, built-in defaults, and quick mode.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -96,6 +97,7 @@ pub fn default_bootstrap(overrides: &Overrides) -> Result<Bootstrap> {
 /// `upstream` built from `url` (http or https, no path), one catch-all route
 /// named `upstream` to it, every other setting at its default except the
 /// route's cache, which uses no content-class defaults (`class = "none"`).
+/// No rate-limit policies.
 pub fn quick_upstream(url: &str, region: &str) -> Result<EdgeConfig> {
     let mut errors = Vec::new();
     if let Err(message) = validate::check_region_id(region) {
@@ -135,11 +137,14 @@ pub fn quick_upstream(url: &str, region: &str) -> Result<EdgeConfig> {
             class: ClassChoice::Disabled,
             ..RouteCache::default()
         }),
+        rate_limits: Vec::new(),
+        user_id: None,
     };
     Ok(EdgeConfig {
         region: region.to_owned(),
         upstreams: [(NAME.to_owned(), upstream)].into_iter().collect(),
         routes: vec![route],
+        rate_limits: BTreeMap::new(),
     })
 }
 

@@ -134,6 +134,24 @@ pub(crate) struct RawRoute {
     pub host_header: Option<String>,
     pub response_headers: Option<BTreeMap<String, String>>,
     pub cache: Option<CacheSwitch>,
+    pub rate_limits: Option<Vec<String>>,
+    pub user_id: Option<String>,
+}
+
+/// One `[rate_limits.<name>]`. `key` and the ranges are checked in
+/// validation, where the other keys of the policy are known.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub rate: Option<Count>,
+    pub per: Option<HumanDuration>,
+    pub burst: Option<Count>,
+    pub penalty: Option<HumanDuration>,
+    pub key: Option<String>,
+    pub ipv4_prefix: Option<Count>,
+    pub ipv6_prefix: Option<Count>,
+    pub max_keys: Option<Count>,
+    pub headers: Option<RawRateLimitHeaders>,
 }
 
 /// `[routes.<name>.cache]`, read on its own (see [`CacheSwitch`]).
@@ -448,6 +466,13 @@ string_enum! {
         "per-user" => ClassChoice::Fixed(ContentClassName::PerUser),
         "realtime" => ClassChoice::Fixed(ContentClassName::RealTime),
     }
+    hint: ""
+}
+
+string_enum! {
+    /// `"limited"` (RateLimit headers only on 429) or `"always"`: whether
+    /// allowed responses carry them too.
+    RawRateLimitHeaders(bool) { "limited" => false, "always" => true }
     hint: ""
 }
 

@@ -7,12 +7,15 @@ use crate::error::{toml_key, toml_string};
 use crate::size::{format_duration, format_size};
 use crate::types::{
     Bootstrap, CacheMode, CacheSettings, ClassChoice, ContentClassName, EdgeConfig, HostHeader,
-    IntegrityCheck, Route, RouteCache, RouteTarget, Scheme, TlsVersion, Upstream, UpstreamProtocol,
+    IntegrityCheck, RateLimitKey, RateLimitPolicy, Route, RouteCache, RouteTarget, Scheme,
+    TlsVersion, Upstream, UpstreamProtocol,
 };
+use crate::validate::{rate_limit_key_text, user_id_text};
 
 /// Renders `bootstrap` and `edge` as one TOML document: the bootstrap
 /// tables (`[node]`, `[[listen]]`, `[[tls.certificates]]`, `[admin]`,
-/// `[limits]`, `[cache]`), then the edge tables (`[upstreams.*]`, `[routes.*]`).
+/// `[limits]`, `[cache]`), then the edge tables (`[upstreams.*]`,
+/// `[rate_limits.*]`, `[routes.*]`).
 /// Every default is written out; paths are absolute; the admin token is
 /// shown as `"<redacted>"`. Each part parses back to the same values.
 pub fn render_effective(bootstrap: &Bootstrap, edge: &EdgeConfig) -> String {
@@ -194,6 +197,9 @@ fn render_edge(doc: &mut Doc, edge: &EdgeConfig) {
     for upstream in edge.upstreams.values() {
         render_upstream(doc, upstream);
     }
+    for policy in edge.rate_limits.values() {
+        render_rate_limit(doc, policy);
+    }
     if edge.routes.is_empty() {
         doc.table("# no routes: every request is answered 404");
     }
@@ -224,6 +230,12 @@ fn render_edge(doc: &mut Doc, edge: &EdgeConfig) {
         if route.cache.is_none() {
             doc.value("cache", "false");
         }
+        if !route.rate_limits.is_empty() {
+            doc.strings("rate_limits", &route.rate_limits);
+        }
+        if let Some(source) = &route.user_id {
+            doc.string("user_id", &user_id_text(source));
+        }
         if !route.response_headers.is_empty() {
             doc.table(&format!(
                 "[routes.{}.response_headers]",
@@ -238,6 +250,35 @@ fn render_edge(doc: &mut Doc, edge: &EdgeConfig) {
             render_route_cache(doc, route, cache);
         }
     }
+}
+
+fn render_rate_limit(doc: &mut Doc, policy: &RateLimitPolicy) {
+    doc.table(&format!("[rate_limits.{}]", toml_key(&policy.name)));
+    doc.value("rate", &policy.rate.to_string());
+    doc.string("per", &format_duration(policy.period));
+    doc.value("burst", &policy.burst.to_string());
+    match policy.penalty {
+        Some(penalty) => doc.string("penalty", &format_duration(penalty)),
+        None => doc.line("# penalty: not set, a refused key may retry as soon as it has room"),
+    }
+    doc.string("key", &rate_limit_key_text(&policy.key));
+    if let RateLimitKey::ClientIp {
+        ipv4_prefix,
+        ipv6_prefix,
+    } = policy.key
+    {
+        doc.value("ipv4_prefix", &ipv4_prefix.to_string());
+        doc.value("ipv6_prefix", &ipv6_prefix.to_string());
+    }
+    doc.value("max_keys", &policy.max_keys.to_string());
+    doc.string(
+        "headers",
+        if policy.headers_on_allowed {
+            "always"
+        } else {
+            "limited"
+        },
+    );
 }
 
 fn render_upstream(doc: &mut Doc, upstream: &Upstream) {

@@ -133,6 +133,59 @@ pub struct EdgeConfig {
     pub upstreams: BTreeMap<String, Upstream>,
     /// In no particular order: the router picks the most specific match.
     pub routes: Vec<Route>,
+    /// Named native rate-limit policies (`[rate_limits.<name>]`), attached
+    /// to routes by name.
+    pub rate_limits: BTreeMap<String, RateLimitPolicy>,
+}
+
+/// A native rate-limit policy: GCRA with `rate` requests per `period`, up to
+/// `burst` at once. Counters are per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    pub name: String,
+    /// Requests per `period` (≥ 1).
+    pub rate: u32,
+    /// The period `rate` is counted over (`per = "1s"`, default 1 s).
+    pub period: Duration,
+    /// Requests allowed at once (≥ 1; default = `rate`).
+    pub burst: u32,
+    /// A key that is refused is refused for this long (penalty box).
+    pub penalty: Option<Duration>,
+    /// What the counter is keyed by.
+    pub key: RateLimitKey,
+    /// Keys tracked at most (default 100 000); beyond it, the keys closest
+    /// to a full bucket are forgotten first.
+    pub max_keys: usize,
+    /// Also send `RateLimit` / `RateLimit-Policy` on allowed responses
+    /// (default false: only on 429).
+    pub headers_on_allowed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client IP as the node determined it (`key = "client-ip"`), with
+    /// IPv4 / IPv6 grouped by prefix (defaults /32 and /64).
+    ClientIp { ipv4_prefix: u8, ipv6_prefix: u8 },
+    /// A request header's value (`key = "header:x-api-key"`); requests
+    /// without it are keyed by client IP.
+    Header(HeaderName),
+    /// A cookie's value (`key = "cookie:session"`); requests without it are
+    /// keyed by client IP.
+    Cookie(String),
+    /// The route's user id (`key = "user-id"`, needs `user_id` on the
+    /// route); requests without one are keyed by client IP.
+    UserId,
+    /// One counter for the whole route (`key = "route"`).
+    Route,
+}
+
+/// Where a route reads the user id from (`user_id = "cookie:uid"` or
+/// `"header:x-user-id"`): derived once per request, used by rate-limit keys
+/// and Wasm modules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserIdSource {
+    Cookie(String),
+    Header(HeaderName),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +244,11 @@ pub struct Route {
     /// `None`: responses of this route are never cached. Static routes never
     /// cache (their content is local already).
     pub cache: Option<RouteCache>,
+    /// Names of `rate_limits` policies checked in order before anything
+    /// else on the route; the first refusal answers 429.
+    pub rate_limits: Vec<String>,
+    /// Where this route's user id comes from, if anywhere.
+    pub user_id: Option<UserIdSource>,
 }
 
 /// How a route uses the shared cache (`[routes.<name>.cache]`). Upstream

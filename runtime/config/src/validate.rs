@@ -11,7 +11,7 @@ use http::uri::{Authority, PathAndQuery, Uri};
 use http::{HeaderName, HeaderValue};
 
 use crate::error::toml_string;
-use crate::types::{HostHeader, HostMatch, Scheme};
+use crate::types::{HostHeader, HostMatch, RateLimitKey, Scheme, UserIdSource};
 
 /// Upstream and route names: they appear in logs, metrics and error messages.
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
@@ -25,6 +25,24 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "expected a name of at most 64 letters, digits, '-' and '_', found {}",
+            toml_string(name)
+        ))
+    }
+}
+
+/// Rate-limit policy names: they appear in `RateLimit-Policy` headers,
+/// logs and metrics, so they are kept lower-case.
+pub(crate) fn check_policy_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected a name of at most 64 lower-case letters, digits, '-' and '_', found {}",
             toml_string(name)
         ))
     }
@@ -278,6 +296,128 @@ pub(crate) fn request_header_name(name: &str) -> Result<HeaderName, String> {
             toml_string(name)
         )
     })
+}
+
+/// A cookie name: an RFC 6265 token (visible ASCII except separators).
+/// Case-sensitive, kept as written.
+pub(crate) fn cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'(' | b')'
+                        | b'<'
+                        | b'>'
+                        | b'@'
+                        | b','
+                        | b';'
+                        | b':'
+                        | b'\\'
+                        | b'"'
+                        | b'/'
+                        | b'['
+                        | b']'
+                        | b'?'
+                        | b'='
+                        | b'{'
+                        | b'}'
+                )
+        })
+}
+
+/// What `header:` and `cookie:` refer to, parsed.
+enum Source {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+/// `header:<name>` (lower-cased) or `cookie:<name>`; `None` when `text`
+/// has neither prefix.
+fn header_or_cookie(text: &str) -> Option<Result<Source, String>> {
+    if let Some(name) = text.strip_prefix("header:") {
+        return Some(
+            HeaderName::from_bytes(name.as_bytes())
+                .map(Source::Header)
+                .map_err(|_| {
+                    format!(
+                        "expected a header name after \"header:\", like \"header:x-api-key\", found {}",
+                        toml_string(text)
+                    )
+                }),
+        );
+    }
+    if let Some(name) = text.strip_prefix("cookie:") {
+        return Some(if cookie_name(name) {
+            Ok(Source::Cookie(name.to_owned()))
+        } else {
+            Err(format!(
+                "expected a cookie name after \"cookie:\" (an RFC 6265 token: visible ASCII without separators such as ; , = / or spaces), like \"cookie:session\", found {}",
+                toml_string(text)
+            ))
+        });
+    }
+    None
+}
+
+/// A rate-limit policy's `key`. Client IPs get the default prefixes here;
+/// the policy's `ipv4_prefix` / `ipv6_prefix` replace them.
+pub(crate) fn rate_limit_key(text: &str) -> Result<RateLimitKey, String> {
+    match text {
+        "client-ip" => Ok(RateLimitKey::ClientIp {
+            ipv4_prefix: DEFAULT_IPV4_PREFIX,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+        }),
+        "user-id" => Ok(RateLimitKey::UserId),
+        "route" => Ok(RateLimitKey::Route),
+        other => match header_or_cookie(other) {
+            Some(Ok(Source::Header(name))) => Ok(RateLimitKey::Header(name)),
+            Some(Ok(Source::Cookie(name))) => Ok(RateLimitKey::Cookie(name)),
+            Some(Err(message)) => Err(message),
+            None => Err(format!(
+                "expected \"client-ip\", \"header:<name>\", \"cookie:<name>\", \"user-id\" or \"route\", found {}",
+                toml_string(other)
+            )),
+        },
+    }
+}
+
+/// Default `ipv4_prefix` of a client-IP key: every address on its own.
+pub(crate) const DEFAULT_IPV4_PREFIX: u8 = 32;
+/// Default `ipv6_prefix` of a client-IP key: one /64, what a single
+/// subscriber or host is usually given.
+pub(crate) const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// A route's `user_id`: `cookie:<name>` or `header:<name>`.
+pub(crate) fn user_id_source(text: &str) -> Result<UserIdSource, String> {
+    match header_or_cookie(text) {
+        Some(Ok(Source::Header(name))) => Ok(UserIdSource::Header(name)),
+        Some(Ok(Source::Cookie(name))) => Ok(UserIdSource::Cookie(name)),
+        Some(Err(message)) => Err(message),
+        None => Err(format!(
+            "expected \"cookie:<name>\" or \"header:<name>\", found {}",
+            toml_string(text)
+        )),
+    }
+}
+
+/// The TOML spelling of a rate-limit key (`"client-ip"`, `"header:x-api-key"`, ...).
+pub(crate) fn rate_limit_key_text(key: &RateLimitKey) -> String {
+    match key {
+        RateLimitKey::ClientIp { .. } => String::from("client-ip"),
+        RateLimitKey::Header(name) => format!("header:{name}"),
+        RateLimitKey::Cookie(name) => format!("cookie:{name}"),
+        RateLimitKey::UserId => String::from("user-id"),
+        RateLimitKey::Route => String::from("route"),
+    }
+}
+
+/// The TOML spelling of a user id source (`"cookie:uid"`, `"header:x-user-id"`).
+pub(crate) fn user_id_text(source: &UserIdSource) -> String {
+    match source {
+        UserIdSource::Cookie(name) => format!("cookie:{name}"),
+        UserIdSource::Header(name) => format!("header:{name}"),
+    }
 }
 
 /// A query parameter name left out of a cache key, as it appears in the
