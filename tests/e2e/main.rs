@@ -8,5 +8,6 @@ mod lifecycle;
 mod limits;
 mod protocols;
 mod proxy;
+mod ratelimit;
 mod routing;
 mod static_content;

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use cathedral_cache::{ContentClass, KeyOptions, RoutePolicy, TtlMode};
 use cathedral_config::{
     CacheMode, ClassChoice, ContentClassName, EdgeConfig, HostHeader, RouteCache, RouteTarget,
+    UserIdSource,
 };
 use http::{HeaderName, HeaderValue};
 
 use crate::content::DirectorySource;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::ratelimit::Policy;
 use crate::router::Router;
 use crate::static_files::StaticContent;
 use crate::upstream::UpstreamClient;
@@ -22,6 +24,8 @@ pub struct Active {
     pub generation: u64,
     pub config: Arc<EdgeConfig>,
     upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// Rate-limit policies by name, with their counters.
+    pub policies: HashMap<String, Arc<Policy>>,
     router: Router<Arc<RouteCtx>>,
 }
 
@@ -36,6 +40,9 @@ pub struct RouteCtx {
     pub metrics: RouteMetrics,
     /// `None`: the route never uses the cache.
     pub cache: Option<Arc<RoutePolicy>>,
+    /// Native rate limits, checked in order before anything else.
+    pub rate_limits: Vec<Arc<Policy>>,
+    pub user_id: Option<UserIdSource>,
 }
 
 #[derive(Debug)]
@@ -65,6 +72,19 @@ impl Active {
                 None => UpstreamClient::new(up)?,
             };
             upstreams.insert(name.clone(), client);
+        }
+        let mut policies = HashMap::new();
+        for (name, policy) in &config.rate_limits {
+            // Unchanged policies keep their counters across reloads.
+            let reused = previous
+                .and_then(|p| p.policies.get(name))
+                .filter(|old| old.config == *policy)
+                .cloned();
+            let policy = match reused {
+                Some(p) => p,
+                None => Policy::new(policy, metrics)?,
+            };
+            policies.insert(name.clone(), policy);
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
@@ -97,6 +117,19 @@ impl Active {
                     response_headers: route.response_headers.clone(),
                     metrics: RouteMetrics::new(metrics, &route.name),
                     cache: route.cache.as_ref().map(|c| Arc::new(route_policy(c))),
+                    rate_limits: route
+                        .rate_limits
+                        .iter()
+                        .map(|name| {
+                            policies.get(name).cloned().ok_or_else(|| {
+                                Error::Config(format!(
+                                    "route {}: no rate limit named {name:?}",
+                                    route.name
+                                ))
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                    user_id: route.user_id.clone(),
                 }),
             ));
         }
@@ -114,6 +147,7 @@ impl Active {
             generation,
             config: Arc::new(config),
             upstreams,
+            policies,
             router,
         })
     }

@@ -25,6 +25,7 @@ mod metrics;
 mod node;
 mod proxy;
 mod proxy_protocol;
+mod ratelimit;
 mod responses;
 mod router;
 mod service;

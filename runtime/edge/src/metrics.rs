@@ -34,6 +34,12 @@ pub struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyDecision {
+    pub policy: String,
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabel {
     pub result: &'static str,
 }
@@ -99,6 +105,7 @@ pub struct Metrics {
     pub connection_errors: Family<ListenerLabel, Counter>,
     pub reloads: Family<ReloadLabel, Counter>,
     pub config_generation: Gauge,
+    pub ratelimit_decisions: Family<PolicyDecision, Counter>,
 }
 
 impl Metrics {
@@ -146,9 +153,16 @@ impl Metrics {
             "Generation number of the active configuration snapshot",
             config_generation.clone(),
         );
+        let ratelimit_decisions = Family::<PolicyDecision, Counter>::default();
+        registry.register(
+            "cathedral_ratelimit_decisions",
+            "Native rate-limit decisions, by policy and decision (allowed, limited, penalized, exceeds_burst)",
+            ratelimit_decisions.clone(),
+        );
         Self {
             registry,
             requests,
+            ratelimit_decisions,
             duration,
             upstream_errors,
             open_connections,

@@ -290,6 +290,7 @@ impl Node {
                 bootstrap.cache.scrub_per_second,
             )));
         }
+        background.push(tokio::spawn(sweep_limiters(shared.clone())));
         info!(addr = %admin_addr, "admin API listening");
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(admin_socket, shared.clone(), admin_stop_rx));
@@ -334,7 +335,7 @@ pub struct NodeHandle {
     tls_addrs: Vec<SocketAddr>,
     admin_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
-    /// Periodic work: the cache scrubber.
+    /// Periodic work: the cache scrubber, the rate-limit key sweeper.
     background: Vec<JoinHandle<()>>,
     admin_task: JoinHandle<()>,
     permits: Arc<Semaphore>,
@@ -425,5 +426,25 @@ async fn scrub(shared: Arc<Shared>, per_second: u32) {
                 "cache scrubber found corrupted entries; evicted"
             );
         }
+    }
+}
+
+/// Forgets rate-limit keys whose buckets are full again, so idle clients
+/// cost no memory.
+async fn sweep_limiters(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let active = shared.active.load_full();
+        if active.policies.is_empty() {
+            continue;
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for policy in active.policies.values() {
+                policy.limiter.sweep();
+            }
+        })
+        .await;
     }
 }

@@ -119,6 +119,8 @@ mod tests {
             host_header: HostHeader::Preserve,
             response_headers: vec![],
             cache: None,
+            rate_limits: vec![],
+            user_id: None,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use cathedral_config::UserIdSource;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -17,6 +18,7 @@ use crate::client_addr;
 use crate::conn::{ConnInfo, InFlight};
 use crate::node::Shared;
 use crate::proxy;
+use crate::ratelimit;
 use crate::responses::plain;
 use crate::router::normalize_host;
 use crate::static_files;
@@ -31,6 +33,8 @@ pub struct RequestCtx {
     pub host: String,
     /// The Host / :authority as the client sent it.
     pub authority: Option<HeaderValue>,
+    /// The user id per the route's `user_id` source, derived once.
+    pub user_id: Option<String>,
 }
 
 pub async fn handle(
@@ -59,7 +63,9 @@ pub async fn handle(
         tls: conn.tls,
         host,
         authority,
+        user_id: None,
     };
+    let mut ctx = ctx;
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let version = req.version();
@@ -81,22 +87,35 @@ pub async fn handle(
             plain(StatusCode::NOT_FOUND, "no route for this host and path"),
             None,
         ),
-        Some(route) => match &route.target {
-            Target::Static(site) => {
-                let (parts, _body) = req.into_parts();
-                (
-                    static_files::serve(site, &parts, &route.path_prefix).await,
-                    None,
+        Some(route) => {
+            ctx.user_id = route
+                .user_id
+                .as_ref()
+                .and_then(|src| user_id(src, req.headers()));
+            let verdict = if route.rate_limits.is_empty() {
+                ratelimit::Verdict::Allowed(Vec::new())
+            } else {
+                ratelimit::check(
+                    &route.rate_limits,
+                    &ratelimit::KeySource {
+                        client_ip: ctx.client_ip,
+                        headers: req.headers(),
+                        user_id: ctx.user_id.as_deref(),
+                        route: &route.name,
+                    },
                 )
+            };
+            match verdict {
+                ratelimit::Verdict::Refused(resp) => (resp, None),
+                ratelimit::Verdict::Allowed(extra) => {
+                    let (mut resp, upstream) = dispatch(&shared, &ctx, route, req).await;
+                    for (name, value) in extra {
+                        resp.headers_mut().append(name, value);
+                    }
+                    (resp, upstream)
+                }
             }
-            Target::Upstream(up) => {
-                let resp = match &route.cache {
-                    Some(policy) => cached::serve(&shared, &ctx, route, up, policy, req).await,
-                    None => proxy::forward(&shared, &ctx, route, up, req).await,
-                };
-                (resp, Some(up.name().to_owned()))
-            }
-        },
+        }
     };
 
     if let Some(route) = &route {
@@ -120,6 +139,41 @@ pub async fn handle(
         _in_flight: in_flight,
     };
     resp.map(|body| Observed::new(body, Box::new(log)).boxed())
+}
+
+/// Hands the request to the route's target.
+async fn dispatch(
+    shared: &Arc<Shared>,
+    ctx: &RequestCtx,
+    route: &Arc<RouteCtx>,
+    req: Request<Incoming>,
+) -> (Response<Body>, Option<String>) {
+    match &route.target {
+        Target::Static(site) => {
+            let (parts, _body) = req.into_parts();
+            (
+                static_files::serve(site, &parts, &route.path_prefix).await,
+                None,
+            )
+        }
+        Target::Upstream(up) => {
+            let resp = match &route.cache {
+                Some(policy) => cached::serve(shared, ctx, route, up, policy, req).await,
+                None => proxy::forward(shared, ctx, route, up, req).await,
+            };
+            (resp, Some(up.name().to_owned()))
+        }
+    }
+}
+
+/// The user id from the route's cookie or header, if present and sane.
+fn user_id(source: &UserIdSource, headers: &http::HeaderMap) -> Option<String> {
+    let raw = match source {
+        UserIdSource::Cookie(name) => ratelimit::cookie(headers, name)?,
+        UserIdSource::Header(name) => headers.get(name)?.to_str().ok()?,
+    };
+    let raw = raw.trim();
+    (!raw.is_empty() && raw.len() <= 256).then(|| raw.to_owned())
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {
