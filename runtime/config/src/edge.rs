@@ -604,7 +604,10 @@ fn build_rate_limit(
 
     let policy_key = match &raw.key {
         None if parsed.is_bad("key") => None,
-        None => validate::rate_limit_key("client-ip").ok(),
+        None => Some(RateLimitKey::ClientIp {
+            ipv4_prefix: validate::DEFAULT_IPV4_PREFIX,
+            ipv6_prefix: validate::DEFAULT_IPV6_PREFIX,
+        }),
         Some(text) => validate::rate_limit_key(text)
             .map_err(|message| sink.push(&key.field("key"), message))
             .ok(),
@@ -619,10 +622,14 @@ fn build_rate_limit(
                     .and_then(|n| u8::try_from(n).ok())
             }
             Some(other) => {
+                let elsewhere = sink
+                    .other_file(&field_key, &key.field("key"))
+                    .map(|file| format!(", set in {file}"))
+                    .unwrap_or_default();
                 sink.push(
                     &field_key,
                     format!(
-                        "only allowed with key = \"client-ip\" (this policy is keyed by {})",
+                        "only allowed with key = \"client-ip\" (this policy is keyed by {}{elsewhere})",
                         toml_string(&validate::rate_limit_key_text(other))
                     ),
                 );
@@ -647,7 +654,8 @@ fn build_rate_limit(
         .and_then(|Count(n)| in_range(n, 1, MAX_MAX_KEYS, &key.field("max_keys"), sink))
         .unwrap_or(DEFAULT_MAX_KEYS);
 
-    let (Some(rate), Some(policy), false) = (rate, policy_key.clone(), sink.error_count() > before)
+    let (Some(rate), Some(counted_by), false) =
+        (rate, policy_key.clone(), sink.error_count() > before)
     else {
         return (None, policy_key);
     };
@@ -657,7 +665,7 @@ fn build_rate_limit(
         period,
         burst: burst.unwrap_or(rate),
         penalty,
-        key: policy,
+        key: counted_by,
         max_keys,
         headers_on_allowed: raw.headers.is_some_and(|h| h.0),
     };
@@ -900,22 +908,36 @@ fn build_route(
                 } else {
                     format!(
                         "known: {}",
-                        policies.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                        policies
+                            .keys()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 };
                 sink.push(
                     &item_key,
-                    format!("no rate-limit policy named {} ({known})", toml_string(policy)),
+                    format!(
+                        "no rate-limit policy named {} ({known})",
+                        toml_string(policy)
+                    ),
                 );
             }
-            Some(Some(RateLimitKey::UserId)) if !has_user_id => sink.push(
-                &item_key,
-                format!(
-                    "policy {} is keyed by user-id but route {} has no user_id (set user_id = \"cookie:<name>\" or \"header:<name>\" on the route)",
-                    toml_string(policy),
-                    toml_string(name)
-                ),
-            ),
+            Some(Some(RateLimitKey::UserId)) if !has_user_id => {
+                let policy_key = Key::root().field("rate_limits").field(policy).field("key");
+                let elsewhere = sink
+                    .other_file(&item_key, &policy_key)
+                    .map(|file| format!(" (set in {file})"))
+                    .unwrap_or_default();
+                sink.push(
+                    &item_key,
+                    format!(
+                        "policy {} is keyed by user-id{elsewhere} but route {} has no user_id (set user_id = \"cookie:<name>\" or \"header:<name>\" on the route)",
+                        toml_string(policy),
+                        toml_string(name)
+                    ),
+                );
+            }
             Some(_) => {}
         }
         rate_limits.push(policy.clone());

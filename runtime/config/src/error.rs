@@ -258,6 +258,13 @@ impl<'a> Sink<'a> {
             .push(ConfigError::new(file, key.to_string(), message));
     }
 
+    /// The file `cause` came from when that is not the file of `key`: an
+    /// error about `key` brought about by the value at `cause` names both.
+    pub(crate) fn other_file(&self, key: &Key, cause: &Key) -> Option<String> {
+        let file = &self.origins.file_of(cause).name;
+        (*file != self.origins.file_of(key).name).then(|| file.display().to_string())
+    }
+
     /// The directory relative paths set at `key` resolve against.
     pub(crate) fn base_dir(&self, key: &Key) -> &'a Path {
         &self.origins.file_of(key).base_dir

@@ -867,6 +867,46 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_section_errors() {
+        check::<RawRateLimit>(
+            "rate_limits.a",
+            "rate = 10\nper = '1m'\nburst = 0\npenalty = '30s'\nkey = 'anything, checked later'\nipv4_prefix = 99\nipv6_prefix = 0\nmax_keys = 0\nheaders = 'always'",
+            &[],
+        );
+        check::<RawRateLimit>("rate_limits.a", "headers = 'limited'", &[]);
+        check::<RawRateLimit>(
+            "rate_limits.a",
+            "rate = 1.5\nper = 1\nburst = -2\nkey = ['client-ip']\nheaders = true\nlimit = 5",
+            &[
+                r#"rate_limits.a.burst: expected a non-negative integer, found -2"#,
+                r#"rate_limits.a.headers: expected "limited" or "always", found the boolean true"#,
+                r#"rate_limits.a.key: expected a string, found an array"#,
+                r#"rate_limits.a.limit: unknown key "limit" (expected one of: rate, per, burst, penalty, key, ipv4_prefix, ipv6_prefix, max_keys, headers)"#,
+                r#"rate_limits.a.per: expected a duration like "2s", found the integer 1 (a duration needs a unit, e.g. "1s")"#,
+                r#"rate_limits.a.rate: expected a non-negative integer, found the number 1.5"#,
+            ],
+        );
+        check::<RawRateLimit>(
+            "rate_limits.a",
+            "headers = 'Always'",
+            &[r#"rate_limits.a.headers: expected "limited" or "always", found "Always""#],
+        );
+        check::<RawRoute>(
+            "routes.a",
+            "rate_limits = ['a', 'b']\nuser_id = 'checked later'",
+            &[],
+        );
+        check::<RawRoute>(
+            "routes.a",
+            "rate_limits = ['a', {}]\nuser_id = ['cookie:uid']",
+            &[
+                r#"routes.a.rate_limits[1]: expected a string, found a table"#,
+                r#"routes.a.user_id: expected a string, found an array"#,
+            ],
+        );
+    }
+
+    #[test]
     fn non_table_section() {
         assert_eq!(
             errors_of::<RawAdmin>("admin", "x = 1").len(),

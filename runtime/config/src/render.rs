@@ -259,7 +259,9 @@ fn render_rate_limit(doc: &mut Doc, policy: &RateLimitPolicy) {
     doc.value("burst", &policy.burst.to_string());
     match policy.penalty {
         Some(penalty) => doc.string("penalty", &format_duration(penalty)),
-        None => doc.line("# penalty: not set, a refused key may retry as soon as it has room"),
+        None => doc.line(
+            "# penalty: not set, a refused key is allowed again as soon as its bucket has room",
+        ),
     }
     doc.string("key", &rate_limit_key_text(&policy.key));
     if let RateLimitKey::ClientIp {
@@ -335,6 +337,17 @@ mod tests {
             let value: toml::Value = toml::Value::String((*text).to_owned());
             let parsed: crate::raw::RawClass = value.try_into().unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(class_text(parsed.0), *text);
+        }
+    }
+
+    #[test]
+    fn rate_limit_headers_spellings_round_trip() {
+        for text in crate::raw::RawRateLimitHeaders::CHOICES {
+            let value = toml::Value::String((*text).to_owned());
+            let parsed: crate::raw::RawRateLimitHeaders =
+                value.try_into().unwrap_or_else(|e| panic!("{e}"));
+            let rendered = if parsed.0 { "always" } else { "limited" };
+            assert_eq!(rendered, *text);
         }
     }
 }

@@ -745,6 +745,137 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_keys() {
+        fn check(text: &str, expected: Result<RateLimitKey, &str>) {
+            let got = rate_limit_key(text);
+            assert_eq!(got, expected.clone().map_err(str::to_owned), "{text}");
+            if let Ok(key) = &got {
+                // The rendered spelling parses back to the same key.
+                assert_eq!(rate_limit_key(&rate_limit_key_text(key)).as_ref(), Ok(key));
+            }
+        }
+        let header = |name: &'static str| HeaderName::from_static(name);
+        let unknown = |found: &str| {
+            format!(
+                r#"expected "client-ip", "header:<name>", "cookie:<name>", "user-id" or "route", found {}"#,
+                toml_string(found)
+            )
+        };
+        let bad_header = |found: &str| {
+            format!(
+                r#"expected a header name after "header:", like "header:x-api-key", found {}"#,
+                toml_string(found)
+            )
+        };
+        let bad_cookie = |found: &str| {
+            format!(
+                r#"expected a cookie name after "cookie:" (an RFC 6265 token: visible ASCII without separators such as ; , = / or spaces), like "cookie:session", found {}"#,
+                toml_string(found)
+            )
+        };
+        check(
+            "client-ip",
+            Ok(RateLimitKey::ClientIp {
+                ipv4_prefix: 32,
+                ipv6_prefix: 64,
+            }),
+        );
+        check("user-id", Ok(RateLimitKey::UserId));
+        check("route", Ok(RateLimitKey::Route));
+        check(
+            "header:x-api-key",
+            Ok(RateLimitKey::Header(header("x-api-key"))),
+        );
+        check(
+            "header:X-Api-Key",
+            Ok(RateLimitKey::Header(header("x-api-key"))),
+        );
+        check(
+            "cookie:Session_ID",
+            Ok(RateLimitKey::Cookie("Session_ID".into())),
+        );
+        check(
+            "cookie:__Host-sid!#$%&'*+.^`|~",
+            Ok(RateLimitKey::Cookie("__Host-sid!#$%&'*+.^`|~".into())),
+        );
+        for bad in [
+            "",
+            "ip",
+            "Client-IP",
+            "client_ip",
+            "Header:x",
+            "user_id",
+            "routes",
+            "header",
+            "cookie",
+        ] {
+            check(bad, Err(&unknown(bad)));
+        }
+        for bad in ["header:", "header:x api", "header:x:y", "header:é"] {
+            check(bad, Err(&bad_header(bad)));
+        }
+        for bad in [
+            "cookie:",
+            "cookie:a b",
+            "cookie:a;b",
+            "cookie:a=b",
+            "cookie:a,b",
+            "cookie:a/b",
+            "cookie:\"a\"",
+            "cookie:a:b",
+            "cookie:(a)",
+            "cookie:a\tb",
+            "cookie:é",
+        ] {
+            check(bad, Err(&bad_cookie(bad)));
+        }
+    }
+
+    #[test]
+    fn user_ids() {
+        fn check(text: &str, expected: Result<UserIdSource, &str>) {
+            let got = user_id_source(text);
+            assert_eq!(got, expected.clone().map_err(str::to_owned), "{text}");
+            if let Ok(source) = &got {
+                assert_eq!(user_id_source(&user_id_text(source)).as_ref(), Ok(source));
+            }
+        }
+        check("cookie:uid", Ok(UserIdSource::Cookie("uid".into())));
+        check(
+            "header:X-User-Id",
+            Ok(UserIdSource::Header(HeaderName::from_static("x-user-id"))),
+        );
+        for bad in ["uid", "user-id", "client-ip", "route", "Cookie:uid", ""] {
+            check(
+                bad,
+                Err(&format!(
+                    r#"expected "cookie:<name>" or "header:<name>", found {}"#,
+                    toml_string(bad)
+                )),
+            );
+        }
+        assert!(user_id_source("cookie:a b").is_err());
+        assert!(user_id_source("header:").is_err());
+    }
+
+    #[test]
+    fn policy_names() {
+        for good in ["a", "api-per-ip", "per_user_2", &"a".repeat(64)] {
+            assert_eq!(check_policy_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "Api", "a.b", "a b", "ä", &"a".repeat(65)] {
+            assert_eq!(
+                check_policy_name(bad),
+                Err(format!(
+                    "expected a name of at most 64 lower-case letters, digits, '-' and '_', found {}",
+                    toml_string(bad)
+                )),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn normalizing() {
         assert_eq!(
             normalize(Path::new("/a/b/../c/./d")),

@@ -11,9 +11,9 @@ mod common;
 
 use cathedral_config::{
     CacheMode, CacheSettings, ClassChoice, ConfigError, ContentClassName, HostHeader,
-    IntegrityCheck, Limits, Overrides, RouteCache, RouteTarget, Scheme, Source, TlsVersion,
-    UpstreamTls, default_bootstrap, load, load_bootstrap, load_edge, parse_edge, quick_upstream,
-    render_effective,
+    IntegrityCheck, Limits, Overrides, RateLimitKey, RateLimitPolicy, RouteCache, RouteTarget,
+    Scheme, Source, TlsVersion, UpstreamTls, UserIdSource, default_bootstrap, load, load_bootstrap,
+    load_edge, parse_edge, quick_upstream, render_effective,
 };
 
 fn addr(s: &str) -> SocketAddr {
@@ -192,6 +192,154 @@ cache = false
             r#"regions/eu-central-1.toml: routes.api.cache.ttl: required with mode = "override" (expected a duration like "5m" that replaces the origin's freshness)"#,
             r#"regions/eu-central-1.toml: routes.live.cache.class: expected "auto", "none", "image", "fingerprinted", "font", "video", "api", "per-user" or "realtime", found "nope""#,
             r#"regions/eu-central-1.toml: routes.site.cache: static routes serve local content and are not cached (expected cache = false or no cache key, found cache = true)"#,
+        ]
+    );
+}
+
+/// Rate-limit policies: defaults, every key kind, routes' lists and user
+/// ids, what an overlay can change, and errors naming the file of each key.
+#[test]
+fn rate_limits_and_overlays() {
+    let global = r#"
+[upstreams.o]
+targets = ["http://127.0.0.1:9000"]
+
+[rate_limits.per-ip]
+rate = 10
+
+[rate_limits.per-user]
+rate = 100
+per = "1m"
+burst = 20
+penalty = "30s"
+key = "user-id"
+max_keys = 5000
+headers = "always"
+
+[routes.api]
+path = "/api"
+upstream = "o"
+rate_limits = ["per-ip", "per-user"]
+user_id = "cookie:uid"
+
+[routes.site]
+path = "/"
+static = "."
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let global_source = Source {
+        name: Path::new("edge.toml"),
+        text: global,
+        base_dir: dir.path(),
+    };
+    let edge = parse_edge(global_source, None, "us-east-1").unwrap();
+    let route = |edge: &cathedral_config::EdgeConfig, name: &str| {
+        edge.routes.iter().find(|r| r.name == name).unwrap().clone()
+    };
+    let per_ip = RateLimitPolicy {
+        name: "per-ip".into(),
+        rate: 10,
+        period: Duration::from_secs(1),
+        burst: 10,
+        penalty: None,
+        key: RateLimitKey::ClientIp {
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+        },
+        max_keys: 100_000,
+        headers_on_allowed: false,
+    };
+    let per_user = RateLimitPolicy {
+        name: "per-user".into(),
+        rate: 100,
+        period: Duration::from_secs(60),
+        burst: 20,
+        penalty: Some(Duration::from_secs(30)),
+        key: RateLimitKey::UserId,
+        max_keys: 5000,
+        headers_on_allowed: true,
+    };
+    assert_eq!(
+        edge.rate_limits,
+        [
+            ("per-ip".to_owned(), per_ip.clone()),
+            ("per-user".to_owned(), per_user.clone())
+        ]
+        .into_iter()
+        .collect()
+    );
+    let api = route(&edge, "api");
+    assert_eq!(api.rate_limits, ["per-ip", "per-user"]);
+    assert_eq!(api.user_id, Some(UserIdSource::Cookie("uid".into())));
+    let site = route(&edge, "site");
+    assert!(site.rate_limits.is_empty());
+    assert_eq!(site.user_id, None);
+    let bootstrap = default_bootstrap(&Overrides::default()).unwrap();
+    common::round_trip(&bootstrap, &edge, &render_effective(&bootstrap, &edge));
+
+    // The overlay changes one key of a policy, adds a policy, replaces a
+    // route's list and gives the static route a policy and a user id.
+    let overlay = format!(
+        "{EU_CENTRAL}\n[rate_limits.per-ip]\nipv6_prefix = 56\nkey = \"client-ip\"\n\n[rate_limits.per-key]\nrate = 1\nkey = \"header:X-Api-Key\"\n\n[routes.api]\nrate_limits = [\"per-key\"]\n\n[routes.site]\nrate_limits = [\"per-user\", \"per-ip\"]\nuser_id = \"header:X-User\"\n"
+    );
+    let overlay_source = Source {
+        name: Path::new("regions/eu-central-1.toml"),
+        text: &overlay,
+        base_dir: dir.path(),
+    };
+    let edge = parse_edge(global_source, Some(overlay_source), "eu-central-1").unwrap();
+    assert_eq!(
+        edge.rate_limits["per-ip"],
+        RateLimitPolicy {
+            key: RateLimitKey::ClientIp {
+                ipv4_prefix: 32,
+                ipv6_prefix: 56,
+            },
+            ..per_ip
+        }
+    );
+    assert_eq!(edge.rate_limits["per-user"], per_user);
+    assert_eq!(
+        edge.rate_limits["per-key"].key,
+        RateLimitKey::Header(http::HeaderName::from_static("x-api-key"))
+    );
+    assert_eq!(
+        edge.rate_limits["per-key"].burst, 1,
+        "burst defaults to rate"
+    );
+    assert_eq!(route(&edge, "api").rate_limits, ["per-key"]);
+    assert_eq!(
+        route(&edge, "api").user_id,
+        Some(UserIdSource::Cookie("uid".into())),
+        "kept from the global file"
+    );
+    let site = route(&edge, "site");
+    assert_eq!(site.rate_limits, ["per-user", "per-ip"]);
+    assert_eq!(
+        site.user_id,
+        Some(UserIdSource::Header(http::HeaderName::from_static(
+            "x-user"
+        )))
+    );
+    common::round_trip(&bootstrap, &edge, &render_effective(&bootstrap, &edge));
+
+    // Errors name the file each key came from.
+    let overlay = format!(
+        "{EU_CENTRAL}\n[rate_limits.per-ip]\nkey = \"cookie:a b\"\n\n[rate_limits.per-user]\nburst = 0\n\n[routes.site]\nrate_limits = [\"per-user\", \"nope\"]\n"
+    );
+    let overlay_source = Source {
+        text: &overlay,
+        ..overlay_source
+    };
+    let errors = parse_edge(global_source, Some(overlay_source), "eu-central-1").unwrap_err();
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"regions/eu-central-1.toml: rate_limits.per-ip.key: expected a cookie name after "cookie:" (an RFC 6265 token: visible ASCII without separators such as ; , = / or spaces), like "cookie:session", found "cookie:a b""#,
+            r#"regions/eu-central-1.toml: rate_limits.per-user.burst: expected a positive integer, found 0"#,
+            r#"regions/eu-central-1.toml: routes.site.rate_limits[0]: policy "per-user" is keyed by user-id (set in edge.toml) but route "site" has no user_id (set user_id = "cookie:<name>" or "header:<name>" on the route)"#,
+            r#"regions/eu-central-1.toml: routes.site.rate_limits[1]: no rate-limit policy named "nope" (known: per-ip, per-user)"#,
         ]
     );
 }
@@ -497,6 +645,9 @@ fn quick_mode() {
     assert_eq!(route.path_prefix, "/");
     assert_eq!(route.target, RouteTarget::Upstream("upstream".into()));
     assert_eq!(route.host_header, HostHeader::Preserve);
+    assert!(route.rate_limits.is_empty());
+    assert_eq!(route.user_id, None);
+    assert!(edge.rate_limits.is_empty(), "quick mode has no policies");
     assert_eq!(
         route.cache,
         Some(RouteCache {
@@ -544,6 +695,9 @@ fn hostile_input_is_an_error_not_a_panic() {
         "[tls]\ncertificates = [1, {}]\n[[listen]]\ntls = true",
         "[region]\nid = 5",
         "[cache]\nintegrity = '1/'\nmemory = 1e9\n[routes.a]\npath = '/'\nupstream = 'a'\ncache = { ttl = '99999999999999999h', key_headers = [[]], class = 5 }",
+        "rate_limits = [1]\n[routes.a]\npath = '/'\nstatic = '.'\nrate_limits = ['x']\nuser_id = 'header:'",
+        "[rate_limits.\"\"]\nrate = 9223372036854775807\nburst = 9223372036854775807\nipv4_prefix = 9223372036854775807\nipv6_prefix = 255\nmax_keys = 9223372036854775807\nper = '99999999999999999h'\nkey = 'cookie:\\u0000'",
+        "[rate_limits.a]\nrate = 1\nkey = 'user-id'\n[routes.a]\npath = '/'\nstatic = '.'\nrate_limits = ['a', 'a', 'b']\nuser_id = 'cookie:'",
     ];
     let dir = tree(&[("regions/us-east-1.toml", US_EAST)]);
     for input in inputs {

@@ -6,9 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use cathedral_config::{
-    CacheSettings, ClassChoice, ContentClassName, Overrides, RouteCache, RouteTarget, Scheme, load,
-    render_effective,
+    CacheSettings, ClassChoice, ContentClassName, Overrides, RateLimitKey, RateLimitPolicy,
+    RouteCache, RouteTarget, Scheme, load, render_effective,
 };
 
 fn repo() -> PathBuf {
@@ -60,6 +62,27 @@ fn demo_config_loads_as_shipped() {
     assert_eq!(api.target, RouteTarget::Upstream("api".into()));
     assert_eq!(edge.upstreams["api"].targets, ["127.0.0.1:9000"]);
     assert_eq!(site.cache, None, "static routes are not cached");
+    assert_eq!(site.rate_limits, ["site-per-ip"]);
+    assert_eq!(
+        edge.rate_limits["site-per-ip"],
+        RateLimitPolicy {
+            name: "site-per-ip".into(),
+            rate: 50,
+            period: Duration::from_secs(1),
+            burst: 100,
+            penalty: None,
+            key: RateLimitKey::ClientIp {
+                ipv4_prefix: 32,
+                ipv6_prefix: 64
+            },
+            max_keys: 100_000,
+            headers_on_allowed: false,
+        }
+    );
+    assert!(
+        api.rate_limits.is_empty(),
+        "/api is left to a Wasm rate limiter"
+    );
     assert_eq!(
         api.cache,
         Some(RouteCache {
@@ -124,6 +147,12 @@ fn every_region_loads() {
             Scheme::Https
         };
         assert_eq!(api.scheme, expected, "{region}");
+        // Every region rate-limits the site with a policy that exists.
+        let site = edge.routes.iter().find(|r| r.name == "site").unwrap();
+        assert!(!site.rate_limits.is_empty(), "{region}");
+        for name in &site.rate_limits {
+            assert!(edge.rate_limits.contains_key(name), "{region}: {name}");
+        }
         common::round_trip(&bootstrap, &edge, &render_effective(&bootstrap, &edge));
     }
 }

@@ -8,9 +8,11 @@ use cathedral_config::{Bootstrap, EdgeConfig, Overrides, Source, load_bootstrap,
 /// The rendered text parses back to the same configuration: its bootstrap
 /// tables as a bootstrap file, its edge tables as an edge config.
 pub fn round_trip(bootstrap: &Bootstrap, edge: &EdgeConfig, rendered: &str) {
-    let split = rendered
-        .find("\n[upstreams.")
-        .or_else(|| rendered.find("\n[routes."))
+    // The edge part starts at its first table, whichever kind that is.
+    let split = ["\n[upstreams.", "\n[rate_limits.", "\n[routes."]
+        .iter()
+        .filter_map(|header| rendered.find(header))
+        .min()
         .unwrap_or(rendered.len());
     let (bootstrap_text, edge_text) = rendered.split_at(split);
     let dir = tempfile::tempdir().unwrap();
