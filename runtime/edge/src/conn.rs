@@ -132,6 +132,12 @@ async fn serve(
     let handshake_deadline = Instant::now() + limits.header_read_timeout;
     let mut peer = tcp_peer;
     let mut prefix = Vec::new();
+    let mut step = Step {
+        shared: &shared,
+        listener,
+        peer,
+        deadline: handshake_deadline,
+    };
 
     if listener.proxy_protocol {
         if !is_trusted(tcp_peer.ip().to_canonical(), &shared.trusted_proxies) {
@@ -141,67 +147,77 @@ async fn serve(
                 .connection_error(&listener.name, "proxy_untrusted");
             return;
         }
-        match tokio::time::timeout_at(handshake_deadline, proxy_protocol::read_header(&mut stream))
+        let Some(header) = step
+            .run(
+                proxy_protocol::read_header(&mut stream),
+                "proxy_header",
+                "proxy_timeout",
+            )
             .await
-        {
-            Ok(Ok(header)) => {
-                if let Some(source) = header.source {
-                    peer = source;
-                }
-                prefix = header.rest;
-            }
-            Ok(Err(e)) => {
-                debug!(listener = %listener.name, peer = %tcp_peer, error = %e, "bad PROXY header");
-                shared
-                    .metrics
-                    .connection_error(&listener.name, "proxy_header");
-                return;
-            }
-            Err(_) => {
-                shared
-                    .metrics
-                    .connection_error(&listener.name, "proxy_timeout");
-                return;
-            }
+        else {
+            return;
+        };
+        if let Some(source) = header.source {
+            peer = source;
+            step.peer = source;
         }
+        prefix = header.rest;
     }
     let io = Rewind::new(prefix, stream);
 
     match &listener.tls {
         Some(acceptor) => {
-            let tls = match tokio::time::timeout_at(handshake_deadline, acceptor.accept(io)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    debug!(listener = %listener.name, peer = %peer, error = %e, "TLS handshake failed");
-                    shared
-                        .metrics
-                        .connection_error(&listener.name, "tls_handshake");
-                    return;
-                }
-                Err(_) => {
-                    shared
-                        .metrics
-                        .connection_error(&listener.name, "tls_timeout");
-                    return;
-                }
+            let Some(tls) = step
+                .run(acceptor.accept(io), "tls_handshake", "tls_timeout")
+                .await
+            else {
+                return;
             };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             serve_http(tls, peer, true, h2, listener, shared, shutdown).await;
         }
         None => {
             let mut io = io;
-            let h2 = match tokio::time::timeout_at(handshake_deadline, sniff_h2(&mut io)).await {
-                Ok(Ok(h2)) => h2,
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    shared
-                        .metrics
-                        .connection_error(&listener.name, "header_timeout");
-                    return;
-                }
+            let Some(h2) = step
+                .run(sniff_h2(&mut io), "preface", "header_timeout")
+                .await
+            else {
+                return;
             };
             serve_http(io, peer, false, h2, listener, shared, shutdown).await;
         }
+    }
+}
+
+/// One step of connection setup (PROXY header, TLS handshake, protocol
+/// sniff), bounded by the handshake deadline; a failure or timeout is
+/// counted under its reason and ends the connection.
+struct Step<'a> {
+    shared: &'a Shared,
+    listener: &'a ListenerInfo,
+    peer: SocketAddr,
+    deadline: Instant,
+}
+
+impl Step<'_> {
+    async fn run<T, E: std::fmt::Display>(
+        &self,
+        fut: impl Future<Output = Result<T, E>>,
+        failed: &'static str,
+        timed_out: &'static str,
+    ) -> Option<T> {
+        let reason = match tokio::time::timeout_at(self.deadline, fut).await {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(e)) => {
+                debug!(listener = %self.listener.name, peer = %self.peer, error = %e, step = failed, "connection setup failed");
+                failed
+            }
+            Err(_) => timed_out,
+        };
+        self.shared
+            .metrics
+            .connection_error(&self.listener.name, reason);
+        None
     }
 }
 
