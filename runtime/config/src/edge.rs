@@ -37,6 +37,14 @@ pub(crate) const DEFAULT_RATE_PERIOD: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Largest `max_keys`: bounds a policy's memory (tens of bytes per key).
 pub(crate) const MAX_MAX_KEYS: usize = 10_000_000;
+/// Shortest `penalty` the limiter accepts (`cathedral-limits`' `PolicySpec`).
+pub(crate) const MIN_PENALTY: Duration = Duration::from_millis(1);
+/// Longest time an empty bucket may take to refill (`per / rate × burst`):
+/// `cathedral-limits`' `MAX_WINDOW`, which keeps its instants inside a `u64`
+/// of nanoseconds. The limiter also needs `per / rate` of at least 1 ns.
+pub(crate) const MAX_REFILL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+/// [`MAX_REFILL`] in words, for messages.
+const MAX_REFILL_TEXT: &str = "3650 days";
 
 const TABLES: &[&str] = &["upstreams", "rate_limits", "routes", "region"];
 
@@ -596,11 +604,59 @@ fn build_rate_limit(
                 .ok()
         })
     };
-    let period = duration("per", raw.per.map(|d| d.0), sink).unwrap_or(DEFAULT_RATE_PERIOD);
-    let burst = raw
+    // `None` when `per` is bad (reported): nothing is checked against it then.
+    let period = match raw.per {
+        None if parsed.is_bad("per") => None,
+        None => Some(DEFAULT_RATE_PERIOD),
+        Some(per) => duration("per", Some(per.0), sink),
+    };
+    let mut burst = raw
         .burst
         .and_then(|Count(n)| positive_u32(n, &key.field("burst"), sink));
-    let penalty = duration("penalty", raw.penalty.map(|d| d.0), sink);
+    let penalty = duration("penalty", raw.penalty.map(|d| d.0), sink).filter(|penalty| {
+        let ok = *penalty >= MIN_PENALTY;
+        if !ok {
+            sink.push(
+                &key.field("penalty"),
+                format!(
+                    "expected at least \"{}\", found \"{}\"",
+                    format_duration(MIN_PENALTY),
+                    format_duration(*penalty)
+                ),
+            );
+        }
+        ok
+    });
+    // The limiter counts in whole nanoseconds and keeps a bucket's refill
+    // time bounded: what it would refuse at activation is refused here.
+    let mut rate = rate;
+    if let (Some(n), Some(period)) = (rate, period) {
+        let per = toml_string(&format_duration(period));
+        let interval = period / n;
+        if interval.is_zero() {
+            sink.push(
+                &rate_key,
+                format!(
+                    "expected at most {} requests per {per} (one per nanosecond), found {n}",
+                    period.as_nanos()
+                ),
+            );
+            rate = None;
+        } else if let Some(b) = burst
+            && interval
+                .checked_mul(b)
+                .is_none_or(|refill| refill > MAX_REFILL)
+        {
+            let most = MAX_REFILL.as_nanos() / interval.as_nanos();
+            sink.push(
+                &key.field("burst"),
+                format!(
+                    "expected at most {most} (at {n} per {per}, an empty bucket of a larger burst takes more than {MAX_REFILL_TEXT} to refill), found {b}"
+                ),
+            );
+            burst = None;
+        }
+    }
 
     let policy_key = match &raw.key {
         None if parsed.is_bad("key") => None,
@@ -654,9 +710,12 @@ fn build_rate_limit(
         .and_then(|Count(n)| in_range(n, 1, MAX_MAX_KEYS, &key.field("max_keys"), sink))
         .unwrap_or(DEFAULT_MAX_KEYS);
 
-    let (Some(rate), Some(counted_by), false) =
-        (rate, policy_key.clone(), sink.error_count() > before)
-    else {
+    let (Some(rate), Some(period), Some(counted_by), false) = (
+        rate,
+        period,
+        policy_key.clone(),
+        sink.error_count() > before,
+    ) else {
         return (None, policy_key);
     };
     let policy = RateLimitPolicy {

@@ -344,6 +344,50 @@ static = "."
     );
 }
 
+/// The limiter's bounds, exactly: one request per nanosecond, an empty
+/// bucket refilled within 3650 days, a penalty of at least 1ms.
+#[test]
+fn rate_limit_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |policy: &str, expected: &[&str]| {
+        let text = format!("[rate_limits.p]\n{policy}\n");
+        let source = Source {
+            name: Path::new("edge.toml"),
+            text: &text,
+            base_dir: dir.path(),
+        };
+        let got = parse_edge(source, None, "us-east-1")
+            .map(|_| Vec::new())
+            .unwrap_or_else(|errors| keyed(&errors));
+        assert_eq!(got, expected, "{policy}");
+    };
+    check("rate = 1000000000\nper = '1s'", &[]);
+    check(
+        "rate = 1000000001\nper = '1s'",
+        &[
+            "rate_limits.p.rate: expected at most 1000000000 requests per \"1s\" (one per nanosecond), found 1000000001",
+        ],
+    );
+    check("rate = 4294967295\nper = '24h'\nburst = 4294967295", &[]);
+    check("rate = 1\nper = '24h'\nburst = 3650", &[]);
+    check(
+        "rate = 1\nper = '24h'\nburst = 3651",
+        &[
+            "rate_limits.p.burst: expected at most 3650 (at 1 per \"1day\", an empty bucket of a larger burst takes more than 3650 days to refill), found 3651",
+        ],
+    );
+    check("rate = 1\npenalty = '1ms'", &[]);
+    check(
+        "rate = 1\npenalty = '999us'",
+        &["rate_limits.p.penalty: expected at least \"1ms\", found \"999us\""],
+    );
+    // A bad `per` is reported once, not measured against `rate` as well.
+    check(
+        "rate = 4294967295\nper = 'soon'",
+        &["rate_limits.p.per: expected a duration like \"2s\", found \"soon\""],
+    );
+}
+
 #[test]
 fn default_bootstrap_applies_and_checks_overrides() {
     let overrides = Overrides {
