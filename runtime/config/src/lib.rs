@@ -9,9 +9,10 @@
 //!
 //! The configuration has two parts. The [`Bootstrap`] stays local to the node
 //! (listeners, certificates, admin token, region, limits): [`load_bootstrap`].
-//! The [`EdgeConfig`] is the activated part (routes, upstreams, and what later
-//! features add); in local mode it is read from files ([`load_edge`]), in
-//! bundle mode from a signed bundle ([`parse_edge`] on in-memory text).
+//! The [`EdgeConfig`] is the activated part (routes, upstreams, rate-limit
+//! policies, and what later features add); in local mode it is read from
+//! files ([`load_edge`]), in bundle mode from a signed bundle ([`parse_edge`]
+//! on in-memory text).
 //! [`load`] does both; [`default_bootstrap`] and [`quick_upstream`] serve
 //! `cathedral serve` without files; [`render_effective`] prints the result.
 //! The file formats are documented in `docs/configuration.md`.
