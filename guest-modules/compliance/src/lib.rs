@@ -53,8 +53,14 @@ fn blocks() -> Vec<Block> {
         .map(|rule| Block {
             paths: string_list(rule.get("paths")),
             countries: string_list(rule.get("countries")),
-            policy: rule.get("policy").and_then(Value::as_str).map(str::to_owned),
-            reason: rule.get("reason").and_then(Value::as_str).map(str::to_owned),
+            policy: rule
+                .get("policy")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            reason: rule
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
         .collect()
 }
@@ -79,7 +85,10 @@ impl Block {
         ];
         let policy_html = match &self.policy {
             Some(policy) => {
-                headers.push(fields::field("link", format!("<{policy}>; rel=\"blocked-by\"")));
+                headers.push(fields::field(
+                    "link",
+                    format!("<{policy}>; rel=\"blocked-by\""),
+                ));
                 format!("<p><a href=\"{}\">Why?</a></p>", escape(policy))
             }
             None => String::new(),
@@ -214,20 +223,28 @@ impl Filter for Compliance {
                 .iter()
                 .copied()
                 .filter(|v| {
-                    let name = std::str::from_utf8(v).ok().and_then(fields::set_cookie_name);
+                    let name = std::str::from_utf8(v)
+                        .ok()
+                        .and_then(fields::set_cookie_name);
                     !name.is_some_and(|name| is_tracking(&cookies, name))
                 })
                 .collect();
             if kept.len() != all.len() {
                 edit.remove_headers.push("set-cookie".into());
-                edit.set_headers
-                    .extend(kept.into_iter().map(|v| ("set-cookie".to_owned(), v.to_vec())));
+                edit.set_headers.extend(
+                    kept.into_iter()
+                        .map(|v| ("set-cookie".to_owned(), v.to_vec())),
+                );
             }
         }
         let redact_keys = settings::list("redact.fields");
         let under = {
             let paths = settings::list("redact.paths");
-            let paths = if paths.is_empty() { vec!["/api/".to_owned()] } else { paths };
+            let paths = if paths.is_empty() {
+                vec!["/api/".to_owned()]
+            } else {
+                paths
+            };
             paths.iter().any(|p| fields::path_under(request.path(), p))
         };
         if let (false, true, true, Some(body)) = (
@@ -240,10 +257,10 @@ impl Filter for Compliance {
                 Ok(mut json) => {
                     let replacement =
                         Value::String(settings::string_or("redact.replacement", "[redacted]"));
-                    if redact(&mut json, &redact_keys, &replacement) {
-                        if let Ok(bytes) = serde_json::to_vec(&json) {
-                            edit.body = Some(bytes);
-                        }
+                    if redact(&mut json, &redact_keys, &replacement)
+                        && let Ok(bytes) = serde_json::to_vec(&json)
+                    {
+                        edit.body = Some(bytes);
                     }
                 }
                 Err(e) => cathedral_sdk::log::warn(&format!("response JSON not redacted: {e}")),

@@ -74,15 +74,17 @@ fn experiments() -> Vec<Experiment> {
 fn flags() -> Vec<Flag> {
     settings::under("flag")
         .into_iter()
-        .filter_map(|(name, stage)| {
+        .map(|(name, stage)| {
             let threshold = rollout::parse_stage(&stage);
             if threshold.is_none() {
-                cathedral_sdk::log::warn(&format!("flag {name}: invalid stage {stage:?}, treated as off"));
+                cathedral_sdk::log::warn(&format!(
+                    "flag {name}: invalid stage {stage:?}, treated as off"
+                ));
             }
-            Some(Flag {
+            Flag {
                 name,
                 threshold: threshold.unwrap_or(0),
-            })
+            }
         })
         .collect()
 }
@@ -126,7 +128,10 @@ fn assign(user: Option<&str>) -> Assignment {
 
 impl Assignment {
     fn header(&self) -> String {
-        let variants = self.variants.iter().map(|(e, v)| format!("variant.{e}={v}"));
+        let variants = self
+            .variants
+            .iter()
+            .map(|(e, v)| format!("variant.{e}={v}"));
         let flags = self
             .flags
             .iter()
@@ -157,7 +162,10 @@ impl Assignment {
             out = out.replace(&format!("{{{{variant.{experiment}}}}}"), variant);
         }
         for (flag, on) in &self.flags {
-            out = out.replace(&format!("{{{{flag.{flag}}}}}"), if *on { "on" } else { "off" });
+            out = out.replace(
+                &format!("{{{{flag.{flag}}}}}"),
+                if *on { "on" } else { "off" },
+            );
         }
         out
     }
@@ -171,7 +179,12 @@ fn private_cache_control(current: Option<&str>) -> String {
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .filter(|d| {
-            let name = d.split('=').next().unwrap_or_default().trim().to_ascii_lowercase();
+            let name = d
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
             !matches!(name.as_str(), "public" | "s-maxage" | "private")
         })
         .collect();
@@ -190,20 +203,23 @@ impl Filter for Personalize {
             return edit.into_action();
         }
         let header = settings::string_or("header", "x-personalization");
-        edit.set_headers.push(fields::field(&header, assignment.header()));
+        edit.set_headers
+            .push(fields::field(&header, assignment.header()));
         if user.is_some() {
             let cc = private_cache_control(response.header("cache-control"));
             edit.set_headers.push(fields::field("cache-control", cc));
         }
         let html = response.media_type().as_deref() == Some("text/html");
-        if let (true, Some(body)) = (html, response.body.as_deref()) {
-            if let Ok(text) = std::str::from_utf8(body) {
-                if text.contains("{{") {
-                    let rendered = assignment.render(text);
-                    if rendered != text {
-                        edit.body = Some(rendered.into_bytes());
-                    }
-                }
+        if html
+            && let Some(text) = response
+                .body
+                .as_deref()
+                .and_then(|b| std::str::from_utf8(b).ok())
+            && text.contains("{{")
+        {
+            let rendered = assignment.render(text);
+            if rendered != text {
+                edit.body = Some(rendered.into_bytes());
             }
         }
         edit.into_action()

@@ -36,7 +36,10 @@ pub fn from_pairs(pairs: &[(&str, &str)]) -> Fields {
 
 /// One header entry from text.
 pub fn field(name: &str, value: impl AsRef<str>) -> (String, Vec<u8>) {
-    (name.to_ascii_lowercase(), value.as_ref().as_bytes().to_vec())
+    (
+        name.to_ascii_lowercase(),
+        value.as_ref().as_bytes().to_vec(),
+    )
 }
 
 /// Every `(name, value)` cookie of the request's `cookie` header(s).

@@ -3,7 +3,7 @@
 //!
 //! # A filter in ten lines
 //!
-//! ```ignore
+//! ```text
 //! use cathedral_sdk::{Filter, RequestAction, RequestHead, Client};
 //!
 //! struct Hello;
@@ -65,8 +65,7 @@ pub mod host {
 }
 
 pub use bindings::cathedral::edge::types::{
-    Client, Fields, RequestAction, RequestEdit, RequestHead, Response, ResponseAction,
-    ResponseEdit,
+    Client, Fields, RequestAction, RequestEdit, RequestHead, Response, ResponseAction, ResponseEdit,
 };
 
 /// A filter: implement the hooks you need and export the type with

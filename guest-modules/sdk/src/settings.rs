@@ -24,10 +24,10 @@ pub fn list(key: &str) -> Vec<String> {
 /// Parses a JSON array of strings, or comma-separated text.
 pub fn parse_list(value: &str) -> Vec<String> {
     let trimmed = value.trim();
-    if trimmed.starts_with('[') {
-        if let Ok(items) = serde_json::from_str::<Vec<String>>(trimmed) {
-            return items;
-        }
+    if trimmed.starts_with('[')
+        && let Ok(items) = serde_json::from_str::<Vec<String>>(trimmed)
+    {
+        return items;
     }
     trimmed
         .split(',')

@@ -196,7 +196,12 @@ mod tests {
         }
 
         #[track_caller]
-        fn check(cache: &ArtifactCache, module: &blake3::Hash, edit: impl Fn(&mut Vec<u8>), why: &str) {
+        fn check(
+            cache: &ArtifactCache,
+            module: &blake3::Hash,
+            edit: impl Fn(&mut Vec<u8>),
+            why: &str,
+        ) {
             cache.store(module, b"machine code").expect("store");
             let path = cache.path(module);
             let mut bytes = fs::read(&path).expect("read");
@@ -208,12 +213,32 @@ mod tests {
             }
             assert!(!path.exists(), "a rejected file is removed");
         }
-        check(&cache, &module, |b| *b.last_mut().expect("non-empty") ^= 1, "artifact blake3 mismatch");
-        check(&cache, &module, |b| b.truncate(HEADER_LEN + 3), "length mismatch (truncated or extended)");
-        check(&cache, &module, |b| b.truncate(10), "shorter than its header");
+        check(
+            &cache,
+            &module,
+            |b| *b.last_mut().expect("non-empty") ^= 1,
+            "artifact blake3 mismatch",
+        );
+        check(
+            &cache,
+            &module,
+            |b| b.truncate(HEADER_LEN + 3),
+            "length mismatch (truncated or extended)",
+        );
+        check(
+            &cache,
+            &module,
+            |b| b.truncate(10),
+            "shorter than its header",
+        );
         check(&cache, &module, |b| b[0] = b'X', "bad magic");
         check(&cache, &module, |b| b[16] = 9, "unknown format version");
-        check(&cache, &module, |b| b[20] ^= 1, "recorded for another module");
+        check(
+            &cache,
+            &module,
+            |b| b[20] ^= 1,
+            "recorded for another module",
+        );
         // No temporary files are left behind.
         let leftovers = fs::read_dir(&cache.dir)
             .expect("dir")

@@ -44,12 +44,11 @@ impl CheckReport {
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind() {
-            Some(ModuleKind::Filter) => {
-                writeln!(f, "ok: a filter (cathedral:edge/filter@0.1.0)")?
-            }
-            Some(ModuleKind::Handler) => {
-                writeln!(f, "ok: a handler (cathedral:edge/handler@0.1.0, wasi:http/proxy)")?
-            }
+            Some(ModuleKind::Filter) => writeln!(f, "ok: a filter (cathedral:edge/filter@0.1.0)")?,
+            Some(ModuleKind::Handler) => writeln!(
+                f,
+                "ok: a handler (cathedral:edge/handler@0.1.0, wasi:http/proxy)"
+            )?,
             None => {
                 writeln!(f, "error: fits neither world")?;
                 if let Err(why) = &self.filter {

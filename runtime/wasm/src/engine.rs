@@ -44,8 +44,11 @@ pub(crate) struct EngineInner {
     cache: Option<ArtifactCache>,
     counters: EngineCounters,
     /// Per module name, across activations: counters and log sink.
-    names: Mutex<HashMap<Arc<str>, (Arc<ModuleStats>, Arc<LogSink>)>>,
+    names: Mutex<Names>,
 }
+
+/// Per module name: its counters and log sink.
+type Names = HashMap<Arc<str>, (Arc<ModuleStats>, Arc<LogSink>)>;
 
 impl WasmEngine {
     /// Builds the engine, reserves the instance pool and starts the epoch
@@ -71,9 +74,10 @@ impl WasmEngine {
         let handler_linker =
             host::handler_linker(&engine).map_err(|e| engine_error(format!("{e:#}")))?;
         let cache = match &config.artifact_cache {
-            Some(root) => Some(ArtifactCache::new(root, &engine).map_err(|e| {
-                engine_error(format!("artifact cache {}: {e}", root.display()))
-            })?),
+            Some(root) => Some(
+                ArtifactCache::new(root, &engine)
+                    .map_err(|e| engine_error(format!("artifact cache {}: {e}", root.display())))?,
+            ),
             None => None,
         };
         start_ticker(&engine, config.epoch_tick).map_err(|e| engine_error(e.to_string()))?;
@@ -203,9 +207,7 @@ impl WasmEngine {
 }
 
 impl EngineInner {
-    fn lock_names(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (Arc<ModuleStats>, Arc<LogSink>)>> {
+    fn lock_names(&self) -> std::sync::MutexGuard<'_, Names> {
         // Inserting into a map cannot leave it half-updated.
         self.names.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -221,19 +223,22 @@ impl EngineInner {
     }
 
     pub(crate) fn check_settings(&self, name: &Arc<str>, settings: &ModuleSettings) -> Result<()> {
-        if let Some(pool) = &self.config.pooling {
-            if settings.memory_limit > pool.max_memory_size {
-                return Err(Error::load(
-                    name,
-                    format!(
-                        "memory limit {} bytes is above the engine's pooling max_memory_size of {} bytes",
-                        settings.memory_limit, pool.max_memory_size
-                    ),
-                ));
-            }
+        if let Some(pool) = &self.config.pooling
+            && settings.memory_limit > pool.max_memory_size
+        {
+            return Err(Error::load(
+                name,
+                format!(
+                    "memory limit {} bytes is above the engine's pooling max_memory_size of {} bytes",
+                    settings.memory_limit, pool.max_memory_size
+                ),
+            ));
         }
         if settings.cpu_deadline.is_zero() || settings.wall_timeout.is_zero() {
-            return Err(Error::load(name, "cpu_deadline and wall_timeout must be positive"));
+            return Err(Error::load(
+                name,
+                "cpu_deadline and wall_timeout must be positive",
+            ));
         }
         Ok(())
     }

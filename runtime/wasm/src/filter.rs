@@ -304,13 +304,20 @@ mod tests {
     fn request_edits_are_validated_and_reserved_headers_ignored() {
         let ok = RequestAction::try_from(edit(
             Some("/new?q=1"),
-            &[("Set-Cookie", b"a=1"), ("set-cookie", b"b=2"), ("connection", b"close")],
+            &[
+                ("Set-Cookie", b"a=1"),
+                ("set-cookie", b"b=2"),
+                ("connection", b"close"),
+            ],
         ))
         .expect("valid");
         let RequestAction::Edit(e) = ok else {
             panic!("expected an edit")
         };
-        assert_eq!(e.path_and_query.as_ref().map(PathAndQuery::as_str), Some("/new?q=1"));
+        assert_eq!(
+            e.path_and_query.as_ref().map(PathAndQuery::as_str),
+            Some("/new?q=1")
+        );
         assert_eq!(e.remove_headers, vec![HeaderName::from_static("x-remove")]);
         assert_eq!(e.set_headers.len(), 2);
         assert!(e.no_store);
@@ -349,7 +356,8 @@ mod tests {
                 body: Some(b"blocked".to_vec()),
             })
         };
-        let RequestAction::Respond(r) = RequestAction::try_from(respond(451)).expect("valid") else {
+        let RequestAction::Respond(r) = RequestAction::try_from(respond(451)).expect("valid")
+        else {
             panic!("expected a response")
         };
         assert_eq!(r.status(), 451);
@@ -366,7 +374,8 @@ mod tests {
                 body: Some(b"new".to_vec()),
             })
         };
-        let ResponseAction::Edit(e) = ResponseAction::try_from(edit(Some(203))).expect("valid") else {
+        let ResponseAction::Edit(e) = ResponseAction::try_from(edit(Some(203))).expect("valid")
+        else {
             panic!("expected an edit")
         };
         assert_eq!(e.status, Some(StatusCode::NON_AUTHORITATIVE_INFORMATION));

@@ -90,7 +90,10 @@ impl Module {
                 .boxed_unsync()
             })),
             Ok(Err(code)) => {
-                let e = Error::guest(&name, format!("the handler answered with error code {code:?}"));
+                let e = Error::guest(
+                    &name,
+                    format!("the handler answered with error code {code:?}"),
+                );
                 report(self, Some(&e));
                 Err(e)
             }

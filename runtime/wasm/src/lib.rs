@@ -24,7 +24,7 @@
 //!
 //! # Calling modules from the node (phase 2)
 //!
-//! ```ignore
+//! ```text
 //! // Once per process:
 //! let engine = WasmEngine::new(EngineConfig {
 //!     artifact_cache: Some(state_dir.join("wasm-cache")),

@@ -123,7 +123,9 @@ impl Module {
     /// The same compiled module with other settings (say, another route's
     /// config): no compilation, no new `InstancePre`.
     pub fn with_settings(&self, settings: ModuleSettings) -> Result<Self> {
-        self.loaded.engine.check_settings(&self.loaded.name, &settings)?;
+        self.loaded
+            .engine
+            .check_settings(&self.loaded.name, &settings)?;
         Ok(Self::new(self.loaded.clone(), settings))
     }
 
@@ -138,7 +140,11 @@ impl Module {
     ///
     /// A trap, timeout, OOM or invalid answer, as an [`Error`] of that kind
     /// (already counted in [`Module::stats`] and logged).
-    pub async fn on_request(&self, head: RequestHead<'_>, env: &RequestEnv) -> Result<RequestAction> {
+    pub async fn on_request(
+        &self,
+        head: RequestHead<'_>,
+        env: &RequestEnv,
+    ) -> Result<RequestAction> {
         let Pre::Filter(pre) = &self.loaded.pre else {
             return Err(self.not_a(ModuleKind::Filter));
         };

@@ -174,7 +174,10 @@ mod tests {
         assert!(l.hit);
         assert!(l.table_growing(0, 10, Some(20)).expect("no error"));
         assert!(!l.table_growing(0, 30, Some(20)).expect("no error"));
-        assert!(!l.table_growing(0, MAX_TABLE_ELEMENTS + 1, None).expect("no error"));
+        assert!(
+            !l.table_growing(0, MAX_TABLE_ELEMENTS + 1, None)
+                .expect("no error")
+        );
     }
 
     #[test]

@@ -34,7 +34,15 @@ fn main() {
         .expect("runtime/wasm/test-artifacts sits three levels below the repository root")
         .to_path_buf();
     let guests = root.join("guest-modules");
-    for path in ["Cargo.toml", "Cargo.lock", ".cargo", "sdk", "personalize", "compliance", "fixtures"] {
+    for path in [
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo",
+        "sdk",
+        "personalize",
+        "compliance",
+        "fixtures",
+    ] {
         println!("cargo:rerun-if-changed={}", guests.join(path).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
@@ -48,10 +56,18 @@ fn main() {
     let mut names = String::new();
     for (constant, krate) in GUESTS {
         let wasm = release.join(format!("{}.wasm", krate.replace('-', "_")));
-        assert!(wasm.exists(), "the guest build did not produce {}", wasm.display());
+        assert!(
+            wasm.exists(),
+            "the guest build did not produce {}",
+            wasm.display()
+        );
         let doc = format!("The `{krate}` component (`guest-modules`).");
-        writeln!(out, "#[doc = {doc:?}]\npub const {constant}: &str = {:?};", wasm.display().to_string())
-            .expect("writing to a String");
+        writeln!(
+            out,
+            "#[doc = {doc:?}]\npub const {constant}: &str = {:?};",
+            wasm.display().to_string()
+        )
+        .expect("writing to a String");
         write!(names, "{}, ", constant.to_lowercase()).expect("writing to a String");
     }
     writeln!(

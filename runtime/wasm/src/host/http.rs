@@ -48,19 +48,14 @@ impl Backend {
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
             return Err(invalid("scheme is not http or https"));
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| invalid("no host"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| invalid("no host"))?;
         if authority.as_str().contains('@') {
             return Err(invalid("user info is not allowed"));
         }
         if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
             return Err(invalid("a path is not allowed"));
         }
-        let port = authority
-            .port_u16()
-            .unwrap_or(default_port(&scheme));
+        let port = authority.port_u16().unwrap_or(default_port(&scheme));
         Ok(Self {
             host: authority.host().to_ascii_lowercase(),
             name,
@@ -137,7 +132,11 @@ impl Backends {
 impl fmt::Debug for Backends {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|b| format!("{}={}://{}", b.name, b.scheme, b.authority)))
+            .entries(
+                self.0
+                    .iter()
+                    .map(|b| format!("{}={}://{}", b.name, b.scheme, b.authority)),
+            )
             .finish()
     }
 }
@@ -217,10 +216,19 @@ mod tests {
 
     #[test]
     fn only_named_backends_are_reachable() {
-        check("http://api/v1/x?y=1", Some("https://api.example.com/v1/x?y=1"));
+        check(
+            "http://api/v1/x?y=1",
+            Some("https://api.example.com/v1/x?y=1"),
+        );
         check("https://API/", Some("https://api.example.com/"));
-        check("https://api.example.com/a", Some("https://api.example.com/a"));
-        check("https://api.example.com:443/a", Some("https://api.example.com/a"));
+        check(
+            "https://api.example.com/a",
+            Some("https://api.example.com/a"),
+        );
+        check(
+            "https://api.example.com:443/a",
+            Some("https://api.example.com/a"),
+        );
         check("http://local/p", Some("http://127.0.0.1:9000/p"));
         check("http://127.0.0.1:9000/p", Some("http://127.0.0.1:9000/p"));
         // Wrong scheme, port or host; loopback and admin; user info tricks.
@@ -232,12 +240,22 @@ mod tests {
         check("http://[::1]:9000/", None);
         check("http://api@127.0.0.1:9090/", None);
         check("http://evil.example/", None);
-        assert!(Backends::default().resolve(&"http://api/".parse().expect("uri")).is_none());
+        assert!(
+            Backends::default()
+                .resolve(&"http://api/".parse().expect("uri"))
+                .is_none()
+        );
     }
 
     #[test]
     fn invalid_origins_are_rejected() {
-        for origin in ["api.example.com", "ftp://x", "http://u@x", "http://x/path", "::"] {
+        for origin in [
+            "api.example.com",
+            "ftp://x",
+            "http://u@x",
+            "http://x/path",
+            "::",
+        ] {
             assert!(Backend::new("b", origin).is_err(), "{origin}");
         }
     }
