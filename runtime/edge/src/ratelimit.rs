@@ -84,8 +84,12 @@ pub fn key_for(key: &RateLimitKey, src: &KeySource<'_>) -> String {
             ipv4_prefix,
             ipv6_prefix,
         } => ip_key(src.client_ip, *ipv4_prefix, *ipv6_prefix),
-        RateLimitKey::Header(name) => match src.headers.get(name) {
-            Some(v) => format!("h:{}", String::from_utf8_lossy(v.as_bytes())),
+        RateLimitKey::Header(name) => match src
+            .headers
+            .get(name)
+            .filter(|v| !v.as_bytes().trim_ascii().is_empty())
+        {
+            Some(v) => format!("h:{}", String::from_utf8_lossy(v.as_bytes().trim_ascii())),
             None => by_ip(),
         },
         RateLimitKey::Cookie(name) => match cookie(src.headers, name) {
@@ -241,7 +245,8 @@ mod tests {
         check_key(v4_24, "2001:db8:1:2::9", &[], None, "ip:2001:db8:1::/48");
         let h = RateLimitKey::Header(HeaderName::from_static("x-api-key"));
         check_key(h.clone(), "1.2.3.4", &[("x-api-key", "k1")], None, "h:k1");
-        check_key(h, "1.2.3.4", &[], None, "ip:1.2.3.4");
+        check_key(h.clone(), "1.2.3.4", &[], None, "ip:1.2.3.4");
+        check_key(h, "1.2.3.4", &[("x-api-key", "")], None, "ip:1.2.3.4");
         let c = RateLimitKey::Cookie("sid".into());
         check_key(
             c.clone(),
