@@ -16,7 +16,7 @@ use crate::raw::{
 use crate::size::{format_duration, format_size};
 use crate::types::{
     Admin, Bootstrap, CacheSettings, Certificate, IntegrityCheck, Limits, Listener, TlsListener,
-    TlsVersion,
+    TlsVersion, WasmSettings,
 };
 use crate::validate;
 
@@ -85,6 +85,33 @@ impl Default for CacheSettings {
             scrub_per_second: 200,
             coalesce_timeout: Duration::from_secs(10),
             coalesce_max_waiters: 1024,
+        }
+    }
+}
+
+/// `[wasm] artifact_cache` when not set: relative to the bootstrap file.
+pub(crate) const DEFAULT_ARTIFACT_CACHE: &str = ".cathedral/wasm-cache";
+
+impl Default for WasmSettings {
+    /// The documented defaults without a bootstrap file to place the
+    /// artifact cache next to: no artifact cache (compile at every start),
+    /// 1000 instances, 64 MiB of linear memory per instance.
+    fn default() -> Self {
+        WasmSettings {
+            artifact_cache: None,
+            max_instances: 1000,
+            max_memory_bytes: 64 << 20,
+        }
+    }
+}
+
+impl WasmSettings {
+    /// The defaults for a bootstrap file in `base_dir`: the artifact cache
+    /// is `<base_dir>/.cathedral/wasm-cache`.
+    pub(crate) fn with_cache_in(base_dir: &std::path::Path) -> Self {
+        WasmSettings {
+            artifact_cache: Some(validate::resolve(base_dir, DEFAULT_ARTIFACT_CACHE)),
+            ..WasmSettings::default()
         }
     }
 }
@@ -409,6 +436,7 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
         edge_config,
         regions_dir,
         cache,
+        wasm: WasmSettings::with_cache_in(&base_dir),
     };
     let result = match ConfigErrors::from_vec(sink.into_errors()) {
         None => Ok(bootstrap),

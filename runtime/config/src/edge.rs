@@ -347,6 +347,7 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
         upstreams,
         routes,
         rate_limits,
+        modules: BTreeMap::new(),
     }
 }
 
@@ -1015,6 +1016,7 @@ fn build_route(
         cache,
         rate_limits,
         user_id,
+        filters: Vec::new(),
     })
 }
 

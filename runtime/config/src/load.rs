@@ -85,12 +85,20 @@ pub fn parse_edge(
 /// The bootstrap with no file: plain listener 127.0.0.1:8080, admin
 /// 127.0.0.1:9090, region `us-east-1`, default limits and cache, `edge.toml` and
 /// `regions/` in the current directory; `overrides` applied and validated.
+/// The Wasm settings are [`WasmSettings::default`](crate::WasmSettings):
+/// with no bootstrap file to put it next to, there is no artifact cache
+/// (`artifact_cache` is `None`, modules are compiled at every start).
 pub fn default_bootstrap(overrides: &Overrides) -> Result<Bootstrap> {
     let file = FileInfo {
         name: PathBuf::from(DEFAULTS_FILE),
         base_dir: validate::absolute(Path::new(".")),
     };
-    bootstrap::build(&Table::new(), file, overrides).result
+    bootstrap::build(&Table::new(), file, overrides)
+        .result
+        .map(|mut bootstrap| {
+            bootstrap.wasm.artifact_cache = None;
+            bootstrap
+        })
 }
 
 /// Quick mode (`cathedral serve --upstream URL`): one upstream named
@@ -139,12 +147,14 @@ pub fn quick_upstream(url: &str, region: &str) -> Result<EdgeConfig> {
         }),
         rate_limits: Vec::new(),
         user_id: None,
+        filters: Vec::new(),
     };
     Ok(EdgeConfig {
         region: region.to_owned(),
         upstreams: [(NAME.to_owned(), upstream)].into_iter().collect(),
         routes: vec![route],
         rate_limits: BTreeMap::new(),
+        modules: BTreeMap::new(),
     })
 }
 

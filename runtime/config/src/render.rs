@@ -217,6 +217,10 @@ fn render_edge(doc: &mut Doc, edge: &EdgeConfig) {
                 doc.path("static", &site.root);
                 doc.string("index", &site.index);
             }
+            RouteTarget::Handler(handler) => {
+                doc.string("handler", &handler.module);
+                doc.strings("backends", &handler.backends);
+            }
             RouteTarget::Upstream(name) => {
                 doc.string("upstream", name);
                 let host_header = match &route.host_header {

@@ -32,6 +32,22 @@ pub struct Bootstrap {
     pub regions_dir: PathBuf,
     /// The node's shared HTTP cache: sized for this machine, so node-local.
     pub cache: CacheSettings,
+    /// The WebAssembly engine: node resources, so node-local.
+    pub wasm: WasmSettings,
+}
+
+/// Engine-wide WebAssembly settings (`[wasm]` in the bootstrap file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmSettings {
+    /// Where compiled modules are cached across restarts (`artifact_cache`,
+    /// relative to the bootstrap file); `None` compiles at every start.
+    /// Default: `.cathedral/wasm-cache` next to the bootstrap file.
+    pub artifact_cache: Option<PathBuf>,
+    /// Instances that may run at once, node-wide (default 1000).
+    pub max_instances: u32,
+    /// Linear memory one instance may ever reserve (default 64 MiB); a
+    /// module's `memory` may not exceed it.
+    pub max_memory_bytes: u64,
 }
 
 /// Node-wide cache sizing and integrity checking (`[cache]` in the
@@ -136,6 +152,9 @@ pub struct EdgeConfig {
     /// Named native rate-limit policies (`[rate_limits.<name>]`), attached
     /// to routes by name.
     pub rate_limits: BTreeMap<String, RateLimitPolicy>,
+    /// Wasm components (`[modules.<name>]`), used as route filters or
+    /// handlers.
+    pub modules: BTreeMap<String, ModuleConfig>,
 }
 
 /// A native rate-limit policy: GCRA with `rate` requests per `period`, up to
@@ -249,7 +268,55 @@ pub struct Route {
     pub rate_limits: Vec<String>,
     /// Where this route's user id comes from, if anywhere.
     pub user_id: Option<UserIdSource>,
+    /// Wasm filters in order: `on-request` runs before the cache lookup in
+    /// this order, `on-response` after it in reverse order.
+    pub filters: Vec<FilterRef>,
 }
+
+/// A filter on a route (`filters = ["name"]` or `[[routes.x.filters]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterRef {
+    /// Names an entry in `EdgeConfig::modules` whose component fits `filter`.
+    pub module: String,
+    /// What a trap, timeout or out-of-memory does (default closed: 503).
+    pub fail: FailPolicy,
+    /// Hand the decoded response body to `on-response` (default false).
+    pub response_body: bool,
+    /// Largest body handed over (default 1 MiB); a bigger body follows the
+    /// `fail` policy.
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPolicy {
+    /// Answer 503 with a short body.
+    Closed,
+    /// Skip the module and continue.
+    Open,
+}
+
+/// One Wasm component the edge config names (`[modules.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleConfig {
+    pub name: String,
+    /// The component file (absolute after loading; in bundle mode a bundle
+    /// path).
+    pub path: PathBuf,
+    /// CPU time per call (default 50 ms).
+    pub cpu_deadline: Duration,
+    /// Wall time per call, waiting included (default 30 s).
+    pub wall_timeout: Duration,
+    /// Linear memory cap per instance (default 64 MiB).
+    pub memory_limit_bytes: u64,
+    /// What the module's `config` interface returns, region overlay applied.
+    /// TOML strings pass as they are; numbers and booleans as their text;
+    /// arrays and tables as JSON.
+    pub config: BTreeMap<String, String>,
+    /// Rate-limit policies the module may check through the `rate-limit`
+    /// interface.
+    pub rate_limits: Vec<String>,
+}
+
 
 /// How a route uses the shared cache (`[routes.<name>.cache]`). Upstream
 /// routes cache by default with the content-class defaults; `cache = false`
@@ -321,6 +388,17 @@ pub enum RouteTarget {
     /// Name of an entry in `EdgeConfig::upstreams`.
     Upstream(String),
     Static(StaticSite),
+    /// A `handler` component (`wasi:http/proxy`) answers the route.
+    Handler(HandlerTarget),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerTarget {
+    /// Names an entry in `EdgeConfig::modules` whose component fits `handler`.
+    pub module: String,
+    /// Upstreams the handler's outgoing `wasi:http` requests may reach;
+    /// everything else is refused.
+    pub backends: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
