@@ -1,4 +1,4 @@
-//! The bootstrap file's tables (`[node]`, `[[listen]]`, `[tls]`, `[admin]`, `[limits]`, `[cache]`) to a validated [`Bootstrap`], overrides applied.
+//! The bootstrap file's tables (`[node]`, `[[listen]]`, `[tls]`, `[admin]`, `[limits]`, `[cache]`, `[wasm]`) to a validated [`Bootstrap`], overrides applied.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -10,8 +10,8 @@ use toml::{Table, Value};
 use crate::error::{ConfigErrors, FileInfo, Key, Result, Sink};
 use crate::merge::Origins;
 use crate::raw::{
-    RawAdmin, RawCache, RawCertificate, RawLimits, RawListen, RawNode, RawTls, check_keys,
-    describe, section, table_section,
+    ArtifactCache, Count, RawAdmin, RawCache, RawCertificate, RawLimits, RawListen, RawNode,
+    RawTls, RawWasm, check_keys, describe, section, table_section,
 };
 use crate::size::{format_duration, format_size};
 use crate::types::{
@@ -55,7 +55,14 @@ const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 /// Below 1 MiB the cache could hold next to nothing.
 const MIN_CACHE_MEMORY: u64 = 1 << 20;
 
-const TABLES: &[&str] = &["node", "listen", "tls", "admin", "limits", "cache"];
+const TABLES: &[&str] = &["node", "listen", "tls", "admin", "limits", "cache", "wasm"];
+
+/// `[wasm] max_instances` bounds.
+pub(crate) const MAX_WASM_INSTANCES: u32 = 100_000;
+/// Smallest linear memory a module or the engine may be given.
+pub(crate) const MIN_WASM_MEMORY: u64 = 1 << 20;
+/// Largest linear memory: a 32-bit Wasm memory cannot grow beyond 4 GiB.
+pub(crate) const MAX_WASM_MEMORY: u64 = 4 << 30;
 
 impl Default for Limits {
     /// The documented defaults: 16 KiB of headers, 100 headers, 10 MiB
@@ -128,6 +135,9 @@ pub(crate) struct EdgeLocation {
 #[derive(Debug)]
 pub(crate) struct Built {
     pub location: Option<EdgeLocation>,
+    /// `[wasm] max_memory` (or its default) when `[wasm]` is valid, even if
+    /// other tables are not: modules are checked against it.
+    pub max_memory: Option<u64>,
     pub result: Result<Bootstrap>,
 }
 
@@ -158,6 +168,9 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
                 Some("the node's region is node.region; [region] tables belong in region overlays")
             }
             "edge_config" | "regions_dir" | "trusted_proxies" => Some("this key belongs in [node]"),
+            "modules" => Some(
+                "modules belong in the edge config (node.edge_config) or a region overlay; the node-wide engine settings are [wasm]",
+            ),
             _ => None,
         },
         &mut sink,
@@ -343,6 +356,11 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
     // [cache]
     let cache = build_cache(table.get("cache"), &root.field("cache"), &mut sink);
 
+    // [wasm]
+    let wasm_errors = sink.error_count();
+    let wasm = build_wasm(table.get("wasm"), &root.field("wasm"), &base_dir, &mut sink);
+    let max_memory = (sink.error_count() == wasm_errors).then_some(wasm.max_memory_bytes);
+
     // Overrides.
     if let Some(addr) = overrides.listen {
         plain = vec![(
@@ -436,13 +454,17 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
         edge_config,
         regions_dir,
         cache,
-        wasm: WasmSettings::with_cache_in(&base_dir),
+        wasm,
     };
     let result = match ConfigErrors::from_vec(sink.into_errors()) {
         None => Ok(bootstrap),
         Some(errors) => Err(errors),
     };
-    Built { location, result }
+    Built {
+        location,
+        max_memory,
+        result,
+    }
 }
 
 struct TlsSettings {
@@ -716,6 +738,56 @@ fn build_cache(value: Option<&Value>, key: &Key, sink: &mut Sink<'_>) -> CacheSe
         );
     }
     cache
+}
+
+fn build_wasm(
+    value: Option<&Value>,
+    key: &Key,
+    base_dir: &std::path::Path,
+    sink: &mut Sink<'_>,
+) -> WasmSettings {
+    let mut wasm = WasmSettings::with_cache_in(base_dir);
+    let Some(parsed) = section::<RawWasm>(value, key, sink) else {
+        return wasm;
+    };
+    let raw = parsed.value;
+    match raw.artifact_cache {
+        None => {}
+        Some(ArtifactCache::Off) => wasm.artifact_cache = None,
+        Some(ArtifactCache::Path(path)) => {
+            wasm.artifact_cache = Some(validate::resolve(base_dir, &path));
+        }
+    }
+    if let Some(Count(n)) = raw.max_instances {
+        match u32::try_from(n) {
+            Ok(n) if (1..=MAX_WASM_INSTANCES).contains(&n) => wasm.max_instances = n,
+            _ => sink.push(
+                &key.field("max_instances"),
+                format!("expected an integer between 1 and {MAX_WASM_INSTANCES}, found {n}"),
+            ),
+        }
+    }
+    if let Some(size) = raw.max_memory {
+        match check_wasm_memory(size.0) {
+            Ok(bytes) => wasm.max_memory_bytes = bytes,
+            Err(message) => sink.push(&key.field("max_memory"), message),
+        }
+    }
+    wasm
+}
+
+/// A linear memory size: 1 MiB to 4 GiB.
+pub(crate) fn check_wasm_memory(bytes: u64) -> std::result::Result<u64, String> {
+    if (MIN_WASM_MEMORY..=MAX_WASM_MEMORY).contains(&bytes) {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "expected between {} and {}, found {}",
+            format_size(MIN_WASM_MEMORY),
+            format_size(MAX_WASM_MEMORY),
+            format_size(bytes)
+        ))
+    }
 }
 
 fn positive(field: &mut usize, value: usize, key: &Key, sink: &mut Sink<'_>) {

@@ -1,4 +1,4 @@
-//! The edge config (`[upstreams.*]`, `[rate_limits.*]`, `[routes.*]`, and an overlay's `[region]`): global file and region overlay merged, then validated into an [`EdgeConfig`].
+//! The edge config (`[upstreams.*]`, `[rate_limits.*]`, `[modules.*]`, `[routes.*]`, and an overlay's `[region]`): global file and region overlay merged, then validated into an [`EdgeConfig`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -9,14 +9,16 @@ use toml::{Table, Value};
 use crate::bootstrap::check_duration;
 use crate::error::{ConfigError, ConfigErrors, FileInfo, Key, Result, Sink, toml_string};
 use crate::merge::{MAIN, OVERLAY, Origins, Provenance, merge};
+use crate::modules::{MemoryCap, ModuleUses, build_filters, build_module, known, unknown_module};
 use crate::raw::{
     CacheSwitch, Count, RawRateLimit, RawRegion, RawRoute, RawRouteCache, RawUpstream, check_keys,
     describe, section, table_section,
 };
 use crate::size::format_duration;
 use crate::types::{
-    CacheMode, ClassChoice, EdgeConfig, HostHeader, HostMatch, RateLimitKey, RateLimitPolicy,
-    Route, RouteCache, RouteTarget, Scheme, StaticSite, Upstream, UpstreamProtocol, UpstreamTls,
+    CacheMode, ClassChoice, EdgeConfig, HandlerTarget, HostHeader, HostMatch, RateLimitKey,
+    RateLimitPolicy, Route, RouteCache, RouteTarget, Scheme, StaticSite, Upstream,
+    UpstreamProtocol, UpstreamTls,
 };
 use crate::validate;
 
@@ -46,7 +48,7 @@ pub(crate) const MAX_REFILL: Duration = Duration::from_secs(10 * 365 * 24 * 60 *
 /// [`MAX_REFILL`] in words, for messages.
 const MAX_REFILL_TEXT: &str = "3650 days";
 
-const TABLES: &[&str] = &["upstreams", "rate_limits", "routes", "region"];
+const TABLES: &[&str] = &["upstreams", "rate_limits", "modules", "routes", "region"];
 
 impl Default for RouteCache {
     /// What an upstream route without a `cache` key gets: the origin's
@@ -106,6 +108,7 @@ pub(crate) fn parse(
     global: Source<'_>,
     overlay: Option<Source<'_>>,
     region: &str,
+    memory_cap: Option<&MemoryCap>,
 ) -> Result<EdgeConfig> {
     let main = file_info(&global);
     let over = overlay.as_ref().map(file_info);
@@ -160,7 +163,7 @@ pub(crate) fn parse(
             }
         }
     }
-    let config = build(&table, region, &mut sink);
+    let config = build(&table, region, memory_cap, &mut sink);
     errors.extend(sink.into_errors());
     match ConfigErrors::from_vec(errors) {
         None => Ok(config),
@@ -246,7 +249,12 @@ fn check_region(value: Option<&Value>, stem: Option<&str>, region: &str, sink: &
 }
 
 /// Validates the merged edge document.
-fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
+fn build(
+    table: &Table,
+    region: &str,
+    memory_cap: Option<&MemoryCap>,
+    sink: &mut Sink<'_>,
+) -> EdgeConfig {
     let root = Key::root();
     check_keys(
         table,
@@ -256,7 +264,10 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
             "node" | "listen" | "tls" | "admin" | "limits" => {
                 Some("node-local settings belong in the bootstrap file (node.toml)")
             }
-            "upstream" | "route" | "rate_limit" => Some("did you mean the plural?"),
+            "upstream" | "route" | "rate_limit" | "module" => Some("did you mean the plural?"),
+            "wasm" => Some(
+                "[wasm] holds node-local engine settings and belongs in the bootstrap file (node.toml)",
+            ),
             "ratelimits" | "rate-limits" | "ratelimit" | "rate-limit" => {
                 Some("did you mean rate_limits?")
             }
@@ -292,6 +303,28 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
         }
     }
 
+    let modules_key = root.field("modules");
+    let module_tables = named_tables(table.get("modules"), &modules_key, "modules", sink);
+    let declared_policies: BTreeSet<&str> = policy_keys.keys().map(String::as_str).collect();
+    let mut modules = BTreeMap::new();
+    for (name, value) in &module_tables {
+        let key = modules_key.field(name);
+        if let Some(module) = build_module(name, value, &key, &declared_policies, memory_cap, sink)
+        {
+            modules.insert(name.clone(), module);
+        }
+    }
+    let declared_modules: BTreeSet<&str> = module_tables
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+
+    let names = Known {
+        upstreams: &declared,
+        policies: &policy_keys,
+        modules: &declared_modules,
+    };
+    let mut uses = ModuleUses::default();
     let routes_key = root.field("routes");
     let route_tables = named_tables(table.get("routes"), &routes_key, "routes", sink);
     let mut routes = Vec::new();
@@ -300,7 +333,7 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
     let mut claimed: BTreeMap<(String, String), (String, Vec<String>)> = BTreeMap::new();
     for (name, value) in &route_tables {
         let key = routes_key.field(name);
-        let Some(route) = build_route(name, value, &key, &declared, &policy_keys, sink) else {
+        let Some(route) = build_route(name, value, &key, &names, &mut uses, sink) else {
             continue;
         };
         let mut hosts: Vec<String> = route.hosts.iter().map(host_text).collect();
@@ -341,14 +374,23 @@ fn build(table: &Table, region: &str, sink: &mut Sink<'_>) -> EdgeConfig {
         }
         routes.push(route);
     }
+    uses.check(sink);
 
     EdgeConfig {
         region: region.to_owned(),
         upstreams,
         routes,
         rate_limits,
-        modules: BTreeMap::new(),
+        modules,
     }
+}
+
+/// The names routes may refer to: declared upstreams, rate-limit policies
+/// (with their keys when readable) and modules, valid or not.
+struct Known<'a> {
+    upstreams: &'a BTreeSet<&'a str>,
+    policies: &'a BTreeMap<String, Option<RateLimitKey>>,
+    modules: &'a BTreeSet<&'a str>,
 }
 
 /// `[upstreams.<name>]` / `[rate_limits.<name>]` / `[routes.<name>]`: a table of named tables.
@@ -372,6 +414,15 @@ fn named_tables(
             Vec::new()
         }
     }
+}
+
+/// "no upstream named ..." for a name that is not in `upstreams`.
+fn unknown_upstream(name: &str, upstreams: &BTreeSet<&str>) -> String {
+    format!(
+        "no upstream named {} ({})",
+        toml_string(name),
+        known(upstreams, "no upstreams are defined")
+    )
 }
 
 /// `example.com` / `*.example.com`, as written.
@@ -736,10 +787,15 @@ fn build_route(
     name: &str,
     value: &Value,
     key: &Key,
-    upstreams: &BTreeSet<&str>,
-    policies: &BTreeMap<String, Option<RateLimitKey>>,
+    names: &Known<'_>,
+    uses: &mut ModuleUses,
     sink: &mut Sink<'_>,
 ) -> Option<Route> {
+    let Known {
+        upstreams,
+        policies,
+        modules,
+    } = *names;
     let before = sink.error_count();
     if let Err(message) = validate::check_name(name) {
         sink.push(key, format!("invalid route name: {message}"));
@@ -798,82 +854,138 @@ fn build_route(
         }
     };
 
-    // target
-    let target = match (&raw.static_dir, &raw.upstream) {
-        (Some(_), Some(_)) => {
+    // target: exactly one of static, upstream, handler.
+    let kinds: Vec<&str> = [
+        ("static", raw.static_dir.is_some()),
+        ("upstream", raw.upstream.is_some()),
+        ("handler", raw.handler.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, set)| set.then_some(kind))
+    .collect();
+    let only = |kind: &str| kinds.as_slice() == [kind];
+    let what = if only("static") {
+        "this route is static"
+    } else if only("upstream") {
+        "this route uses an upstream"
+    } else if only("handler") {
+        "this route uses a handler"
+    } else {
+        "this route has no single target"
+    };
+    if raw.host_header.is_some() && !only("upstream") && kinds.len() == 1 {
+        sink.push(
+            &key.field("host_header"),
+            format!("only allowed on upstream routes ({what})"),
+        );
+    }
+    if raw.index.is_some() && !only("static") && kinds.len() == 1 {
+        sink.push(
+            &key.field("index"),
+            format!("only allowed on static routes ({what})"),
+        );
+    }
+    if raw.backends.is_some() && raw.handler.is_none() {
+        sink.push(
+            &key.field("backends"),
+            format!("only allowed on handler routes, with handler = \"<module>\" ({what})"),
+        );
+    }
+    let target = if kinds.len() > 1 {
+        let found: Vec<String> = kinds.iter().map(|k| toml_string(k)).collect();
+        sink.push(
+            key,
+            format!(
+                "set only one of \"static\" (a directory), \"upstream\" (an upstream name) or \"handler\" (a module name); found {}",
+                found.join(" and ")
+            ),
+        );
+        None
+    } else if let Some(dir) = &raw.static_dir {
+        let index = raw
+            .index
+            .clone()
+            .unwrap_or_else(|| DEFAULT_INDEX.to_owned());
+        if let Err(message) = validate::index_name(&index) {
+            sink.push(&key.field("index"), message);
+        }
+        let static_key = key.field("static");
+        if dir.is_empty() {
             sink.push(
-                key,
-                "set either \"static\" (a directory) or \"upstream\" (an upstream name), not both",
+                &static_key,
+                "expected a directory path, found an empty string",
             );
             None
-        }
-        (Some(dir), None) => {
-            if raw.host_header.is_some() {
-                sink.push(
-                    &key.field("host_header"),
-                    "only allowed on upstream routes (this route is static)",
-                );
-            }
-            let index = raw
-                .index
-                .clone()
-                .unwrap_or_else(|| DEFAULT_INDEX.to_owned());
-            if let Err(message) = validate::index_name(&index) {
-                sink.push(&key.field("index"), message);
-            }
-            let static_key = key.field("static");
-            if dir.is_empty() {
-                sink.push(
-                    &static_key,
-                    "expected a directory path, found an empty string",
-                );
-                None
-            } else {
-                let root = validate::resolve(sink.base_dir(&static_key), dir);
-                match validate::existing_dir(&root) {
-                    Ok(()) => Some(RouteTarget::Static(StaticSite { root, index })),
-                    Err(message) => {
-                        sink.push(&static_key, message);
-                        None
-                    }
+        } else {
+            let root = validate::resolve(sink.base_dir(&static_key), dir);
+            match validate::existing_dir(&root) {
+                Ok(()) => Some(RouteTarget::Static(StaticSite { root, index })),
+                Err(message) => {
+                    sink.push(&static_key, message);
+                    None
                 }
             }
         }
-        (None, Some(upstream)) => {
-            if raw.index.is_some() {
-                sink.push(
-                    &key.field("index"),
-                    "only allowed on static routes (this route uses an upstream)",
-                );
-            }
-            if upstreams.contains(upstream.as_str()) {
-                Some(RouteTarget::Upstream(upstream.clone()))
-            } else {
-                let known = if upstreams.is_empty() {
-                    String::from("no upstreams are defined")
-                } else {
-                    format!(
-                        "known: {}",
-                        upstreams.iter().copied().collect::<Vec<_>>().join(", ")
-                    )
-                };
-                sink.push(
-                    &key.field("upstream"),
-                    format!("no upstream named {} ({known})", toml_string(upstream)),
-                );
-                None
-            }
-        }
-        (None, None) => {
-            if !parsed.is_bad("static") && !parsed.is_bad("upstream") {
-                sink.push(
-                    key,
-                    "missing a target: set \"static\" (a directory) or \"upstream\" (an upstream name)",
-                );
-            }
+    } else if let Some(upstream) = &raw.upstream {
+        if upstreams.contains(upstream.as_str()) {
+            Some(RouteTarget::Upstream(upstream.clone()))
+        } else {
+            sink.push(
+                &key.field("upstream"),
+                unknown_upstream(upstream, upstreams),
+            );
             None
         }
+    } else if let Some(module) = &raw.handler {
+        let handler_key = key.field("handler");
+        let module_ok = modules.contains(module.as_str());
+        if module_ok {
+            uses.handler(module, handler_key.clone());
+        } else {
+            sink.push(&handler_key, unknown_module(module, modules));
+        }
+        let backends_key = key.field("backends");
+        let mut backends: Vec<String> = Vec::new();
+        let mut backends_ok = true;
+        for (i, backend) in raw.backends.iter().flatten().enumerate() {
+            let item_key = backends_key.index(i);
+            if backends.contains(backend) {
+                sink.push(
+                    &item_key,
+                    format!("{} is listed twice", toml_string(backend)),
+                );
+                backends_ok = false;
+            } else if upstreams.contains(backend.as_str()) {
+                backends.push(backend.clone());
+            } else {
+                sink.push(&item_key, unknown_upstream(backend, upstreams));
+                backends_ok = false;
+            }
+        }
+        (module_ok && backends_ok).then(|| {
+            RouteTarget::Handler(HandlerTarget {
+                module: module.clone(),
+                backends,
+            })
+        })
+    } else {
+        if !parsed.is_bad("static") && !parsed.is_bad("upstream") && !parsed.is_bad("handler") {
+            sink.push(
+                key,
+                "missing a target: set \"static\" (a directory), \"upstream\" (an upstream name) or \"handler\" (a module name)",
+            );
+        }
+        None
     };
+
+    // filters (any kind of route)
+    let filters = build_filters(
+        raw.filters.as_deref().unwrap_or_default(),
+        &key.field("filters"),
+        modules,
+        uses,
+        sink,
+    );
 
     let host_header = match (&raw.host_header, &target) {
         (Some(value), Some(RouteTarget::Upstream(_))) => validate::host_header(value)
@@ -914,7 +1026,7 @@ fn build_route(
 
     // cache: upstream routes cache unless told not to; static routes never do.
     let cache_key = key.field("cache");
-    let is_static = raw.static_dir.is_some() && raw.upstream.is_none();
+    let is_static = only("static");
     let static_cached = |found: &str, sink: &mut Sink<'_>| {
         sink.push(
             &cache_key,
@@ -1016,7 +1128,7 @@ fn build_route(
         cache,
         rate_limits,
         user_id,
-        filters: Vec::new(),
+        filters,
     })
 }
 

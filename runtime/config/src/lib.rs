@@ -26,6 +26,7 @@ mod edge;
 mod error;
 mod load;
 mod merge;
+mod modules;
 mod raw;
 mod render;
 mod size;

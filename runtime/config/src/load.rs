@@ -12,6 +12,7 @@ use crate::edge::{
     DEFAULT_POOL_MAX_IDLE, DEFAULT_TOTAL_TIMEOUT, Source,
 };
 use crate::error::{ConfigError, ConfigErrors, FileInfo, Result, toml_string};
+use crate::modules::MemoryCap;
 use crate::types::{
     Bootstrap, ClassChoice, EdgeConfig, HostHeader, Route, RouteCache, RouteTarget, Scheme,
     Upstream, UpstreamProtocol, UpstreamTls,
@@ -30,21 +31,38 @@ pub fn load_bootstrap(path: &Path, overrides: &Overrides) -> Result<Bootstrap> {
 }
 
 /// Reads `bootstrap.edge_config` and `regions_dir/<region>.toml`, merges the
-/// overlay over the global file, and validates the result.
+/// overlay over the global file, and validates the result. Every module's
+/// `memory` must fit the bootstrap's `wasm.max_memory`.
 pub fn load_edge(bootstrap: &Bootstrap) -> Result<EdgeConfig> {
+    let cap = MemoryCap {
+        bytes: bootstrap.wasm.max_memory_bytes,
+        label: String::from("the bootstrap's wasm.max_memory"),
+    };
     edge_from_files(
         &bootstrap.region,
         &bootstrap.edge_config,
         &bootstrap.regions_dir,
         None,
+        Some(&cap),
     )
 }
 
 /// [`load_bootstrap`] then [`load_edge`]. When the bootstrap is wrong but
 /// still says where the edge config is, the edge config is checked as well
 /// and the errors of both are returned together.
+///
+/// Every module's `memory` must fit the bootstrap's `wasm.max_memory`
+/// (checked here, where both are known; [`parse_edge`] cannot).
 pub fn load(path: &Path, overrides: &Overrides) -> Result<(Bootstrap, EdgeConfig)> {
-    let Built { location, result } = read_bootstrap(path, overrides);
+    let Built {
+        location,
+        max_memory,
+        result,
+    } = read_bootstrap(path, overrides);
+    let cap = max_memory.map(|bytes| MemoryCap {
+        bytes,
+        label: format!("wasm.max_memory in {}", path.display()),
+    });
     match result {
         Ok(bootstrap) => {
             let edge = edge_from_files(
@@ -52,6 +70,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<(Bootstrap, EdgeConfig
                 &bootstrap.edge_config,
                 &bootstrap.regions_dir,
                 Some(path),
+                cap.as_ref(),
             )?;
             Ok((bootstrap, edge))
         }
@@ -62,6 +81,7 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<(Bootstrap, EdgeConfig
                     &location.edge_config,
                     &location.regions_dir,
                     Some(path),
+                    cap.as_ref(),
                 )
             {
                 errors.0.extend(more);
@@ -74,12 +94,15 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<(Bootstrap, EdgeConfig
 /// Validates an edge config given as text: `global`, with the region
 /// `overlay` merged over it if given, for the node's `region`. An overlay's
 /// `[region] id` must equal both its file stem and `region`.
+///
+/// Modules' `memory` is checked against the 4 GiB ceiling only: the
+/// bootstrap's `wasm.max_memory` is not known here (see [`load`]).
 pub fn parse_edge(
     global: Source<'_>,
     overlay: Option<Source<'_>>,
     region: &str,
 ) -> Result<EdgeConfig> {
-    edge::parse(global, overlay, region)
+    edge::parse(global, overlay, region, None)
 }
 
 /// The bootstrap with no file: plain listener 127.0.0.1:8080, admin
@@ -161,6 +184,7 @@ pub fn quick_upstream(url: &str, region: &str) -> Result<EdgeConfig> {
 fn read_bootstrap(path: &Path, overrides: &Overrides) -> Built {
     let failed = |error: ConfigError| Built {
         location: None,
+        max_memory: None,
         result: Err(error.into()),
     };
     let text = match read(path, path) {
@@ -183,6 +207,7 @@ fn edge_from_files(
     edge_config: &Path,
     regions_dir: &Path,
     bootstrap_file: Option<&Path>,
+    memory_cap: Option<&MemoryCap>,
 ) -> Result<EdgeConfig> {
     let region_file = bootstrap_file.map_or_else(|| shown(regions_dir), Path::to_path_buf);
     // The region names a file: never let it name anything but one in regions_dir.
@@ -231,6 +256,7 @@ fn edge_from_files(
             base_dir: regions_dir,
         }),
         region,
+        memory_cap,
     )
 }
 

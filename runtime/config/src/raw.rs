@@ -19,7 +19,8 @@ use toml::{Table, Value};
 use crate::error::{Key, Seg, Sink, toml_string};
 use crate::size::{DURATION_EXPECTED, SIZE_EXPECTED, parse_duration, parse_size};
 use crate::types::{
-    CacheMode, ClassChoice, ContentClassName, IntegrityCheck, TlsVersion, UpstreamProtocol,
+    CacheMode, ClassChoice, ContentClassName, FailPolicy, IntegrityCheck, TlsVersion,
+    UpstreamProtocol,
 };
 
 // ---------------------------------------------------------------------------
@@ -94,6 +95,15 @@ pub(crate) struct RawCache {
     pub coalesce_max_waiters: Option<Count>,
 }
 
+/// `[wasm]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWasm {
+    pub artifact_cache: Option<ArtifactCache>,
+    pub max_instances: Option<Count>,
+    pub max_memory: Option<ByteSize>,
+}
+
 // ---------------------------------------------------------------------------
 // Edge config and region overlays
 
@@ -136,6 +146,33 @@ pub(crate) struct RawRoute {
     pub cache: Option<CacheSwitch>,
     pub rate_limits: Option<Vec<String>>,
     pub user_id: Option<String>,
+    /// Module names or filter tables, read entry by entry.
+    pub filters: Option<Vec<Value>>,
+    pub handler: Option<String>,
+    pub backends: Option<Vec<String>>,
+}
+
+/// One `[modules.<name>]`. `config` is kept as TOML: its values are
+/// converted to strings in validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModule {
+    pub path: Option<String>,
+    pub cpu_deadline: Option<HumanDuration>,
+    pub wall_timeout: Option<HumanDuration>,
+    pub memory: Option<ByteSize>,
+    pub rate_limits: Option<Vec<String>>,
+    pub config: Option<Table>,
+}
+
+/// One entry of a route's `filters` written as a table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFilter {
+    pub module: Option<String>,
+    pub fail: Option<RawFailPolicy>,
+    pub response_body: Option<bool>,
+    pub max_body: Option<ByteSize>,
 }
 
 /// One `[rate_limits.<name>]`. `key` and the ranges are checked in
@@ -273,6 +310,47 @@ impl<'de> Deserialize<'de> for CacheSwitch {
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<CacheSwitch, A::Error> {
                 Table::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(CacheSwitch::Table)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+pub(crate) const ARTIFACT_CACHE_EXPECTED: &str =
+    "a directory path, or false to compile modules at every start";
+
+/// `[wasm] artifact_cache`: a path, or `false` for no artifact cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ArtifactCache {
+    Path(String),
+    Off,
+}
+
+impl<'de> Deserialize<'de> for ArtifactCache {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ArtifactCache;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(ARTIFACT_CACHE_EXPECTED)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ArtifactCache, E> {
+                if v {
+                    Err(E::custom(format!(
+                        "expected {ARTIFACT_CACHE_EXPECTED}, found the boolean true (leave the key out for the default directory)"
+                    )))
+                } else {
+                    Ok(ArtifactCache::Off)
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ArtifactCache, E> {
+                if v.is_empty() {
+                    Err(E::custom(format!(
+                        "expected {ARTIFACT_CACHE_EXPECTED}, found an empty string"
+                    )))
+                } else {
+                    Ok(ArtifactCache::Path(v.to_owned()))
+                }
             }
         }
         deserializer.deserialize_any(V)
@@ -473,6 +551,12 @@ string_enum! {
     /// `"limited"` (RateLimit headers only on 429) or `"always"`: whether
     /// allowed responses carry them too.
     RawRateLimitHeaders(bool) { "limited" => false, "always" => true }
+    hint: ""
+}
+
+string_enum! {
+    /// `"closed"` (answer 503) or `"open"` (skip the module).
+    RawFailPolicy(FailPolicy) { "closed" => FailPolicy::Closed, "open" => FailPolicy::Open }
     hint: ""
 }
 

@@ -4,18 +4,21 @@ use std::path::Path;
 
 use crate::edge::host_text;
 use crate::error::{toml_key, toml_string};
+use crate::modules::fail_text;
 use crate::size::{format_duration, format_size};
 use crate::types::{
     Bootstrap, CacheMode, CacheSettings, ClassChoice, ContentClassName, EdgeConfig, HostHeader,
-    IntegrityCheck, RateLimitKey, RateLimitPolicy, Route, RouteCache, RouteTarget, Scheme,
-    TlsVersion, Upstream, UpstreamProtocol,
+    IntegrityCheck, ModuleConfig, RateLimitKey, RateLimitPolicy, Route, RouteCache, RouteTarget,
+    Scheme, TlsVersion, Upstream, UpstreamProtocol, WasmSettings,
 };
 use crate::validate::{rate_limit_key_text, user_id_text};
 
 /// Renders `bootstrap` and `edge` as one TOML document: the bootstrap
 /// tables (`[node]`, `[[listen]]`, `[[tls.certificates]]`, `[admin]`,
-/// `[limits]`, `[cache]`), then the edge tables (`[upstreams.*]`,
-/// `[rate_limits.*]`, `[routes.*]`).
+/// `[limits]`, `[cache]`, `[wasm]`), then the edge tables (`[upstreams.*]`,
+/// `[rate_limits.*]`, `[modules.*]`, `[routes.*]` with their
+/// `[[routes.*.filters]]`).
+/// A module's `config` is shown as the strings the module reads.
 /// Every default is written out; paths are absolute; the admin token is
 /// shown as `"<redacted>"`. Each part parses back to the same values.
 pub fn render_effective(bootstrap: &Bootstrap, edge: &EdgeConfig) -> String {
@@ -127,6 +130,44 @@ fn render_bootstrap(doc: &mut Doc, b: &Bootstrap) {
     doc.string("shutdown_grace", &format_duration(l.shutdown_grace));
 
     render_cache(doc, &b.cache);
+    render_wasm(doc, &b.wasm);
+}
+
+fn render_wasm(doc: &mut Doc, w: &WasmSettings) {
+    doc.table("[wasm]");
+    match &w.artifact_cache {
+        Some(path) => doc.path("artifact_cache", path),
+        None => doc.line(
+            "artifact_cache = false # no artifact cache: modules are compiled at every start",
+        ),
+    }
+    doc.value("max_instances", &w.max_instances.to_string());
+    doc.string("max_memory", &format_size(w.max_memory_bytes));
+}
+
+fn render_module(doc: &mut Doc, module: &ModuleConfig) {
+    let name = toml_key(&module.name);
+    doc.table(&format!("[modules.{name}]"));
+    doc.path("path", &module.path);
+    doc.string("cpu_deadline", &format_duration(module.cpu_deadline));
+    doc.string("wall_timeout", &format_duration(module.wall_timeout));
+    doc.string("memory", &format_size(module.memory_limit_bytes));
+    doc.strings("rate_limits", &module.rate_limits);
+    // The values as the module reads them: every one a string.
+    doc.table(&format!("[modules.{name}.config]"));
+    for (key, value) in &module.config {
+        doc.string(key, value);
+    }
+}
+
+fn render_filters(doc: &mut Doc, route: &Route) {
+    for filter in &route.filters {
+        doc.table(&format!("[[routes.{}.filters]]", toml_key(&route.name)));
+        doc.string("module", &filter.module);
+        doc.string("fail", fail_text(filter.fail));
+        doc.value("response_body", &filter.response_body.to_string());
+        doc.string("max_body", &format_size(filter.max_body_bytes));
+    }
 }
 
 fn render_cache(doc: &mut Doc, c: &CacheSettings) {
@@ -200,6 +241,9 @@ fn render_edge(doc: &mut Doc, edge: &EdgeConfig) {
     for policy in edge.rate_limits.values() {
         render_rate_limit(doc, policy);
     }
+    for module in edge.modules.values() {
+        render_module(doc, module);
+    }
     if edge.routes.is_empty() {
         doc.table("# no routes: every request is answered 404");
     }
@@ -240,6 +284,7 @@ fn render_edge(doc: &mut Doc, edge: &EdgeConfig) {
         if let Some(source) = &route.user_id {
             doc.string("user_id", &user_id_text(source));
         }
+        render_filters(doc, route);
         if !route.response_headers.is_empty() {
             doc.table(&format!(
                 "[routes.{}.response_headers]",

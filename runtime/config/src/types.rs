@@ -317,7 +317,6 @@ pub struct ModuleConfig {
     pub rate_limits: Vec<String>,
 }
 
-
 /// How a route uses the shared cache (`[routes.<name>.cache]`). Upstream
 /// routes cache by default with the content-class defaults; `cache = false`
 /// turns caching off for a route.

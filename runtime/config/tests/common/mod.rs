@@ -9,11 +9,16 @@ use cathedral_config::{Bootstrap, EdgeConfig, Overrides, Source, load_bootstrap,
 /// tables as a bootstrap file, its edge tables as an edge config.
 pub fn round_trip(bootstrap: &Bootstrap, edge: &EdgeConfig, rendered: &str) {
     // The edge part starts at its first table, whichever kind that is.
-    let split = ["\n[upstreams.", "\n[rate_limits.", "\n[routes."]
-        .iter()
-        .filter_map(|header| rendered.find(header))
-        .min()
-        .unwrap_or(rendered.len());
+    let split = [
+        "\n[upstreams.",
+        "\n[rate_limits.",
+        "\n[modules.",
+        "\n[routes.",
+    ]
+    .iter()
+    .filter_map(|header| rendered.find(header))
+    .min()
+    .unwrap_or(rendered.len());
     let (bootstrap_text, edge_text) = rendered.split_at(split);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.toml");
