@@ -893,11 +893,14 @@ fn build_route(
     }
     let target = if kinds.len() > 1 {
         let found: Vec<String> = kinds.iter().map(|k| toml_string(k)).collect();
+        let found = match found.split_last() {
+            Some((last, init)) => format!("{} and {last}", init.join(", ")),
+            None => String::new(),
+        };
         sink.push(
             key,
             format!(
-                "set only one of \"static\" (a directory), \"upstream\" (an upstream name) or \"handler\" (a module name); found {}",
-                found.join(" and ")
+                "set only one of \"static\" (a directory), \"upstream\" (an upstream name) or \"handler\" (a module name); found {found}"
             ),
         );
         None

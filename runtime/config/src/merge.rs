@@ -229,6 +229,20 @@ mod tests {
                 ("routes.r.path", 0),
             ],
         );
+        // A module's config merges key by key: overridden and added keys
+        // belong to the overlay, the others stay global.
+        check(
+            "[modules.c]\npath = 'c.wasm'\n[modules.c.config]\nbanner = 'cookies'\nstrict = true",
+            "[modules.c]\npath = 'c.wasm'\n[modules.c.config]\nbanner = 'gdpr'\nversion = 3",
+            "[modules.c]\npath = 'c.wasm'\n[modules.c.config]\nbanner = 'gdpr'\nstrict = true\nversion = 3",
+            &[
+                ("modules.c.path", 1),
+                ("modules.c.config.banner", 1),
+                ("modules.c.config.version", 1),
+                ("modules.c.config.strict", 0),
+                ("modules.c.config", 0),
+            ],
+        );
         // Keys only in the global stay global.
         check("[a]\nb = 1", "", "[a]\nb = 1", &[("a.b", 0), ("a", 0)]);
     }

@@ -991,6 +991,88 @@ mod tests {
     }
 
     #[test]
+    fn wasm_section_errors() {
+        check::<RawWasm>(
+            "wasm",
+            "artifact_cache = 'x'\nmax_instances = 5\nmax_memory = '1GiB'",
+            &[],
+        );
+        check::<RawWasm>("wasm", "artifact_cache = false", &[]);
+        check::<RawWasm>(
+            "wasm",
+            "artifact_cache = true\nmax_instances = '5'\nmax_memory = 1.5",
+            &[
+                r#"wasm.artifact_cache: expected a directory path, or false to compile modules at every start, found the boolean true (leave the key out for the default directory)"#,
+                r#"wasm.max_instances: expected a non-negative integer, found the string "5""#,
+                r#"wasm.max_memory: expected a byte size like "16KiB" (an integer followed by B, KB, KiB, MB, MiB, GB or GiB), found the number 1.5"#,
+            ],
+        );
+        check::<RawWasm>(
+            "wasm",
+            "artifact_cache = ''",
+            &[
+                r#"wasm.artifact_cache: expected a directory path, or false to compile modules at every start, found an empty string"#,
+            ],
+        );
+        check::<RawWasm>(
+            "wasm",
+            "artifact_cache = 3",
+            &[
+                r#"wasm.artifact_cache: expected a directory path, or false to compile modules at every start, found the integer 3"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn module_and_filter_section_errors() {
+        check::<RawModule>(
+            "modules.m",
+            "path = 'm.wasm'\ncpu_deadline = '5ms'\nwall_timeout = '1s'\nmemory = '8MiB'\nrate_limits = ['a']\n[config]\na = 1\nb = [{ c = 'd' }]",
+            &[],
+        );
+        check::<RawModule>(
+            "modules.m",
+            "path = ['m.wasm']\nrate_limits = 'a'\nconfig = 1\nmemory = '1 MiB'",
+            &[
+                r#"modules.m.config: expected a table, found the integer 1"#,
+                r#"modules.m.memory: expected a byte size like "16KiB" (an integer followed by B, KB, KiB, MB, MiB, GB or GiB), found "1 MiB""#,
+                r#"modules.m.path: expected a string, found an array"#,
+                r#"modules.m.rate_limits: expected an array, found the string "a""#,
+            ],
+        );
+        check::<RawRoute>(
+            "routes.a",
+            "filters = ['a', { module = 'b' }, 3]\nhandler = 'h'\nbackends = ['x']",
+            &[],
+        );
+        check::<RawRoute>(
+            "routes.a",
+            "filters = { module = 'b' }\nhandler = ['h']\nbackends = 'x'",
+            &[
+                r#"routes.a.backends: expected an array, found the string "x""#,
+                r#"routes.a.filters: expected an array, found a table"#,
+                r#"routes.a.handler: expected a string, found an array"#,
+            ],
+        );
+        check::<RawFilter>(
+            "routes.a.filters[0]",
+            "module = 'm'\nfail = 'open'\nresponse_body = true\nmax_body = '2MiB'",
+            &[],
+        );
+        check::<RawFilter>(
+            "routes.a.filters[1]",
+            "module = 1\nfail = 'Open'\nresponse_body = 'yes'\nmax_body = -1\nretries = 2",
+            &[
+                r#"routes.a.filters[1].fail: expected "closed" or "open", found "Open""#,
+                r#"routes.a.filters[1].max_body: expected a byte size like "16KiB" (an integer followed by B, KB, KiB, MB, MiB, GB or GiB), found -1"#,
+                r#"routes.a.filters[1].module: expected a string, found the integer 1"#,
+                r#"routes.a.filters[1].response_body: expected a boolean, found the string "yes""#,
+                r#"routes.a.filters[1].retries: unknown key "retries" (expected one of: module, fail, response_body, max_body)"#,
+            ],
+        );
+    }
+
+    #[test]
     fn non_table_section() {
         assert_eq!(
             errors_of::<RawAdmin>("admin", "x = 1").len(),

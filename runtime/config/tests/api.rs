@@ -10,10 +10,11 @@ use std::time::Duration;
 mod common;
 
 use cathedral_config::{
-    CacheMode, CacheSettings, ClassChoice, ConfigError, ContentClassName, HostHeader,
-    IntegrityCheck, Limits, Overrides, RateLimitKey, RateLimitPolicy, RouteCache, RouteTarget,
-    Scheme, Source, TlsVersion, UpstreamTls, UserIdSource, default_bootstrap, load, load_bootstrap,
-    load_edge, parse_edge, quick_upstream, render_effective,
+    CacheMode, CacheSettings, ClassChoice, ConfigError, ContentClassName, FailPolicy, FilterRef,
+    HandlerTarget, HostHeader, IntegrityCheck, Limits, ModuleConfig, Overrides, RateLimitKey,
+    RateLimitPolicy, RouteCache, RouteTarget, Scheme, Source, TlsVersion, UpstreamTls,
+    UserIdSource, WasmSettings, default_bootstrap, load, load_bootstrap, load_edge, parse_edge,
+    quick_upstream, render_effective,
 };
 
 fn addr(s: &str) -> SocketAddr {
@@ -88,6 +89,291 @@ fn defaults() {
             store_set_cookie: false,
             forward_cdn_cache_control: true,
         }
+    );
+    // No bootstrap file to put an artifact cache next to: none.
+    let wasm = WasmSettings {
+        artifact_cache: None,
+        max_instances: 1000,
+        max_memory_bytes: 64 * 1024 * 1024,
+    };
+    assert_eq!(bootstrap.wasm, wasm);
+    assert_eq!(WasmSettings::default(), wasm);
+}
+
+/// `[wasm]`: the artifact cache defaults to `.cathedral/wasm-cache` next to
+/// the bootstrap file, resolves relative to it, and `false` turns it off.
+#[test]
+fn wasm_settings() {
+    let dir = tree(&[("etc/node.toml", "")]);
+    let path = dir.path().join("etc/node.toml");
+    let bootstrap = load_bootstrap(&path, &Overrides::default()).unwrap();
+    assert_eq!(
+        bootstrap.wasm,
+        WasmSettings {
+            artifact_cache: Some(dir.path().join("etc/.cathedral/wasm-cache")),
+            max_instances: 1000,
+            max_memory_bytes: 64 << 20,
+        }
+    );
+    for (text, expected) in [
+        (
+            "[wasm]\nartifact_cache = '../var/wasm'\nmax_instances = 100000\nmax_memory = '4GiB'",
+            Ok(WasmSettings {
+                artifact_cache: Some(dir.path().join("var/wasm")),
+                max_instances: 100_000,
+                max_memory_bytes: 4 << 30,
+            }),
+        ),
+        (
+            "[wasm]\nartifact_cache = false\nmax_instances = 1\nmax_memory = 1048576",
+            Ok(WasmSettings {
+                artifact_cache: None,
+                max_instances: 1,
+                max_memory_bytes: 1 << 20,
+            }),
+        ),
+        (
+            "[wasm]\nmax_memory = '4097MiB'\nmax_instances = -1",
+            Err(vec![
+                "wasm.max_instances: expected a non-negative integer, found -1",
+                "wasm.max_memory: expected between 1MiB and 4GiB, found 4097MiB",
+            ]),
+        ),
+        (
+            "wasm = 'on'",
+            Err(vec!["wasm: expected a table, found the string \"on\""]),
+        ),
+    ] {
+        fs::write(&path, text).unwrap();
+        let got = load_bootstrap(&path, &Overrides::default());
+        match expected {
+            Ok(wasm) => {
+                let bootstrap = got.unwrap_or_else(|e| panic!("{text}: {e}"));
+                assert_eq!(bootstrap.wasm, wasm, "{text}");
+                let edge = quick_upstream("http://127.0.0.1:1", "us-east-1").unwrap();
+                common::round_trip(&bootstrap, &edge, &render_effective(&bootstrap, &edge));
+            }
+            Err(messages) => assert_eq!(keyed(&got.unwrap_err()), messages, "{text}"),
+        }
+    }
+}
+
+/// Modules through the in-memory entry point: an overlay overrides single
+/// config keys (and is named in errors about them), relative paths resolve
+/// against the file that set them, and the memory ceiling is checked
+/// without a bootstrap.
+#[test]
+fn modules_and_overlays() {
+    let base = tempfile::tempdir().unwrap();
+    for file in [
+        "bundle/modules/c.wasm",
+        "overlays/modules/c.wasm",
+        "bundle/h.wasm",
+    ] {
+        let path = base.path().join(file);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, "x").unwrap();
+    }
+    let global = r#"
+[upstreams.api]
+targets = ["http://127.0.0.1:9000"]
+
+[modules.compliance]
+path = "modules/c.wasm"
+memory = "4GiB"
+
+[modules.compliance.config]
+banner = "cookies"
+levels = [1, 2]
+strict = true
+
+[modules.compliance.config.copy]
+title = "Privacy"
+lines = 2
+
+[modules.hello]
+path = "h.wasm"
+
+[routes.api]
+path = "/api"
+upstream = "api"
+filters = ["compliance"]
+
+[routes.hello]
+path = "/hello"
+handler = "hello"
+backends = ["api"]
+"#;
+    let overlay = format!(
+        "{EU_CENTRAL}\n[modules.compliance]\npath = \"modules/c.wasm\"\n\n[modules.compliance.config]\nbanner = \"gdpr\"\nlevels = [3]\n\n[modules.compliance.config.copy]\nlines = 3\n"
+    );
+    let global_dir = base.path().join("bundle");
+    let overlay_dir = base.path().join("overlays");
+    let global_source = Source {
+        name: Path::new("bundle/edge.toml"),
+        text: global,
+        base_dir: &global_dir,
+    };
+    let overlay_source = Source {
+        name: Path::new("overlays/eu-central-1.toml"),
+        text: &overlay,
+        base_dir: &overlay_dir,
+    };
+    let edge = parse_edge(global_source, Some(overlay_source), "eu-central-1").unwrap();
+    let compliance = &edge.modules["compliance"];
+    assert_eq!(compliance.path, overlay_dir.join("modules/c.wasm"));
+    assert_eq!(
+        compliance.memory_limit_bytes,
+        4 << 30,
+        "no cap without a bootstrap"
+    );
+    let config: Vec<(&str, &str)> = compliance
+        .config
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        config,
+        [
+            ("banner", "gdpr"),
+            ("copy", r#"{"lines":3,"title":"Privacy"}"#),
+            ("levels", "[3]"),
+            ("strict", "true"),
+        ],
+        "keys merge one by one, nested tables too; arrays replace"
+    );
+    assert_eq!(
+        edge.modules["hello"],
+        ModuleConfig {
+            name: "hello".into(),
+            path: global_dir.join("h.wasm"),
+            cpu_deadline: Duration::from_millis(50),
+            wall_timeout: Duration::from_secs(30),
+            memory_limit_bytes: 64 << 20,
+            config: Default::default(),
+            rate_limits: Vec::new(),
+        }
+    );
+    let api = edge.routes.iter().find(|r| r.name == "api").unwrap();
+    assert_eq!(
+        api.filters,
+        [FilterRef {
+            module: "compliance".into(),
+            fail: FailPolicy::Closed,
+            response_body: false,
+            max_body_bytes: 1 << 20,
+        }]
+    );
+    let hello = edge.routes.iter().find(|r| r.name == "hello").unwrap();
+    assert_eq!(
+        hello.target,
+        RouteTarget::Handler(HandlerTarget {
+            module: "hello".into(),
+            backends: vec!["api".into()],
+        })
+    );
+    assert_eq!(
+        hello.cache,
+        Some(RouteCache::default()),
+        "handler routes cache by default"
+    );
+    assert!(hello.filters.is_empty());
+
+    // Errors name the file that set the key: overridden keys the overlay,
+    // the others the global file.
+    // (An empty key inside a table value is fine: it is JSON.)
+    let broken = overlay
+        .replace("banner = \"gdpr\"", "\"\" = \"gdpr\"")
+        .replace("lines = 3", "\"\" = 3")
+        .replace("modules/c.wasm", "modules/missing.wasm");
+    let errors = parse_edge(
+        global_source,
+        Some(Source {
+            text: &broken,
+            ..overlay_source
+        }),
+        "eu-central-1",
+    )
+    .unwrap_err();
+    let dir = overlay_dir.display();
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "overlays/eu-central-1.toml: modules.compliance.path: file not found: {dir}/modules/missing.wasm\n\
+             overlays/eu-central-1.toml: modules.compliance.config.\"\": expected a non-empty key, found an empty string"
+        )
+    );
+    let errors = parse_edge(
+        Source {
+            text: &global.replace("memory = \"4GiB\"", "memory = \"4097MiB\""),
+            ..global_source
+        },
+        Some(overlay_source),
+        "eu-central-1",
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        "bundle/edge.toml: modules.compliance.memory: expected between 1MiB and 4GiB, found 4097MiB"
+    );
+}
+
+/// A module's memory fits the bootstrap's `wasm.max_memory`: checked by
+/// `load` (naming the bootstrap file) and `load_edge`, not by `parse_edge`.
+#[test]
+fn module_memory_cap() {
+    let dir = tree(&[
+        ("node.toml", "[wasm]\nmax_memory = '128MiB'\n"),
+        (
+            "edge.toml",
+            "[modules.a]\npath = 'a.wasm'\nmemory = '128MiB'\n\n[modules.b]\npath = 'a.wasm'\nmemory = '256MiB'\n",
+        ),
+        ("a.wasm", "x"),
+        ("regions/us-east-1.toml", US_EAST),
+    ]);
+    let node = dir.path().join("node.toml");
+    let errors = load(&node, &Overrides::default()).unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "{}: modules.b.memory: expected at most wasm.max_memory in {} (128MiB), found 256MiB",
+            dir.path().join("edge.toml").display(),
+            node.display()
+        )
+    );
+    let bootstrap = load_bootstrap(&node, &Overrides::default()).unwrap();
+    assert_eq!(
+        keyed(&load_edge(&bootstrap).unwrap_err()),
+        [
+            "modules.b.memory: expected at most the bootstrap's wasm.max_memory (128MiB), found 256MiB"
+        ]
+    );
+    let text = fs::read_to_string(dir.path().join("edge.toml")).unwrap();
+    let source = Source {
+        name: Path::new("edge.toml"),
+        text: &text,
+        base_dir: dir.path(),
+    };
+    assert_eq!(
+        parse_edge(source, None, "us-east-1").unwrap().modules["b"].memory_limit_bytes,
+        256 << 20
+    );
+
+    // A bootstrap with other errors still caps the modules.
+    fs::write(
+        &node,
+        "[wasm]\nmax_memory = '128MiB'\n\n[limits]\nmax_headers = 0\n",
+    )
+    .unwrap();
+    assert_eq!(
+        keyed(&load(&node, &Overrides::default()).unwrap_err()),
+        [
+            "limits.max_headers: expected a positive integer, found 0",
+            &format!(
+                "modules.b.memory: expected at most wasm.max_memory in {} (128MiB), found 256MiB",
+                node.display()
+            ),
+        ]
     );
 }
 
@@ -691,7 +977,9 @@ fn quick_mode() {
     assert_eq!(route.host_header, HostHeader::Preserve);
     assert!(route.rate_limits.is_empty());
     assert_eq!(route.user_id, None);
+    assert!(route.filters.is_empty());
     assert!(edge.rate_limits.is_empty(), "quick mode has no policies");
+    assert!(edge.modules.is_empty(), "quick mode has no modules");
     assert_eq!(
         route.cache,
         Some(RouteCache {
@@ -742,6 +1030,9 @@ fn hostile_input_is_an_error_not_a_panic() {
         "rate_limits = [1]\n[routes.a]\npath = '/'\nstatic = '.'\nrate_limits = ['x']\nuser_id = 'header:'",
         "[rate_limits.\"\"]\nrate = 9223372036854775807\nburst = 9223372036854775807\nipv4_prefix = 9223372036854775807\nipv6_prefix = 255\nmax_keys = 9223372036854775807\nper = '99999999999999999h'\nkey = 'cookie:\\u0000'",
         "[rate_limits.a]\nrate = 1\nkey = 'user-id'\n[routes.a]\npath = '/'\nstatic = '.'\nrate_limits = ['a', 'a', 'b']\nuser_id = 'cookie:'",
+        "wasm = 1\nmodules = 2\n[routes.a]\npath = '/'\nhandler = 3\nfilters = [[], {}, '', 1e400]\nbackends = [1]",
+        "[wasm]\nartifact_cache = '\\u0000'\nmax_instances = 9223372036854775807\nmax_memory = '18446744073709551615'\n[modules.\"\"]\npath = '\\u0000'\nmemory = '18446744073709551615'\ncpu_deadline = '99999999999999999h'\nwall_timeout = '99999999999999999h'\nrate_limits = [[]]\nconfig = { \"\" = nan, a = [inf, { b = -inf }] }",
+        "[modules.a]\npath = '.'\nconfig = { x = 1979-05-27T07:32:00Z }\n[routes.a]\npath = '/'\nhandler = 'a'\nfilters = ['a', 'a', { module = 'a', max_body = '18446744073709551615', fail = 1 }]\nbackends = ['a', 'a']",
     ];
     let dir = tree(&[("regions/us-east-1.toml", US_EAST)]);
     for input in inputs {

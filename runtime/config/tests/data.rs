@@ -1,4 +1,4 @@
-//! The shipped data parses: `edge-config/node.toml` with every region overlay in `regions/`.
+//! The shipped data parses: `edge-config/node.toml` with every region overlay in `regions/`, and whatever Wasm modules it wires in are consistent.
 
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use cathedral_config::{
-    CacheSettings, ClassChoice, ContentClassName, Overrides, RateLimitKey, RateLimitPolicy,
-    RouteCache, RouteTarget, Scheme, load, render_effective,
+    Bootstrap, CacheSettings, ClassChoice, ContentClassName, EdgeConfig, Overrides, RateLimitKey,
+    RateLimitPolicy, RouteCache, RouteTarget, Scheme, load, render_effective,
 };
 
 fn repo() -> PathBuf {
@@ -100,6 +102,12 @@ fn demo_config_loads_as_shipped() {
         CacheSettings::default(),
         "node.toml spells out the defaults"
     );
+    let cache_dir = bootstrap.wasm.artifact_cache.as_deref();
+    assert!(
+        cache_dir.is_none_or(std::path::Path::is_absolute),
+        "{cache_dir:?}"
+    );
+    check_modules("us-east-1", &bootstrap, &edge);
 }
 
 #[test]
@@ -153,6 +161,43 @@ fn every_region_loads() {
         for name in &site.rate_limits {
             assert!(edge.rate_limits.contains_key(name), "{region}: {name}");
         }
+        check_modules(&region, &bootstrap, &edge);
         common::round_trip(&bootstrap, &edge, &render_effective(&bootstrap, &edge));
     }
+}
+
+/// Whatever Wasm modules the shipped data wires in: every filter and handler
+/// names a module that exists, no module is both, every component file
+/// exists, and every module fits the engine's memory ceiling.
+fn check_modules(region: &str, bootstrap: &Bootstrap, edge: &EdgeConfig) {
+    for module in edge.modules.values() {
+        assert!(
+            module.path.is_absolute() && module.path.is_file(),
+            "{region}: module {}: {}",
+            module.name,
+            module.path.display()
+        );
+        assert!(
+            module.memory_limit_bytes <= bootstrap.wasm.max_memory_bytes,
+            "{region}: module {}",
+            module.name
+        );
+    }
+    let mut filters = BTreeSet::new();
+    let mut handlers = BTreeSet::new();
+    for route in &edge.routes {
+        for filter in &route.filters {
+            filters.insert(filter.module.as_str());
+        }
+        if let RouteTarget::Handler(handler) = &route.target {
+            handlers.insert(handler.module.as_str());
+            for backend in &handler.backends {
+                assert!(edge.upstreams.contains_key(backend), "{region}: {backend}");
+            }
+        }
+    }
+    for name in filters.iter().chain(&handlers) {
+        assert!(edge.modules.contains_key(*name), "{region}: module {name}");
+    }
+    assert!(filters.is_disjoint(&handlers), "{region}");
 }
