@@ -8,9 +8,11 @@
 //! before validation, remembering which file set which key.
 //!
 //! The configuration has two parts. The [`Bootstrap`] stays local to the node
-//! (listeners, certificates, admin token, region, limits): [`load_bootstrap`].
+//! (listeners, certificates, admin token, region, limits, cache and Wasm
+//! engine sizing): [`load_bootstrap`].
 //! The [`EdgeConfig`] is the activated part (routes, upstreams, rate-limit
-//! policies, and what later features add); in local mode it is read from
+//! policies, Wasm modules and the routes' filters and handlers, and what
+//! later features add); in local mode it is read from
 //! files ([`load_edge`]), in bundle mode from a signed bundle ([`parse_edge`]
 //! on in-memory text).
 //! [`load`] does both; [`default_bootstrap`] and [`quick_upstream`] serve
