@@ -73,6 +73,22 @@ impl fmt::Display for CheckReport {
     }
 }
 
+/// Checks `bytes` against both worlds on a throwaway engine (no pooling, no
+/// artifact cache): what `cathedral module check FILE.wasm` needs. Inside a
+/// node, prefer [`WasmEngine::check`] on the node's engine.
+///
+/// # Errors
+///
+/// [`crate::Error::Engine`] if no engine can be built, [`crate::Error::Load`]
+/// when `bytes` is not a valid component at all.
+pub async fn check_component(bytes: impl Into<Bytes>) -> Result<CheckReport> {
+    let engine = WasmEngine::new(crate::EngineConfig {
+        pooling: None,
+        ..crate::EngineConfig::default()
+    })?;
+    engine.check(bytes).await
+}
+
 impl WasmEngine {
     /// Checks `bytes` against both worlds without loading it for use.
     ///

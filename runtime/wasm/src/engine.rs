@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wasmtime::component::{Component, InstancePre, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::artifact_cache::{ArtifactCache, Lookup};
@@ -372,7 +372,13 @@ fn pooling(p: &settings::PoolingConfig) -> PoolingAllocationConfig {
         .total_stacks(instances)
         .max_memory_size(p.max_memory_size)
         .table_elements(p.table_elements)
-        .linear_memory_keep_resident(p.memory_keep_resident);
+        .linear_memory_keep_resident(p.memory_keep_resident)
+        .table_keep_resident(p.table_keep_resident)
+        .pagemap_scan(if p.pagemap_scan {
+            Enabled::Auto
+        } else {
+            Enabled::No
+        });
     pool
 }
 
@@ -399,5 +405,30 @@ impl fmt::Debug for WasmEngine {
             .field("config", &self.inner.config)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_ticker_does_not_keep_the_engine_alive() {
+        let engine = WasmEngine::new(EngineConfig {
+            pooling: None,
+            ..EngineConfig::default()
+        })
+        .expect("engine");
+        let weak = engine.inner.engine.weak();
+        drop(engine);
+        // The ticker holds a strong reference only while it increments the
+        // epoch, for an instant each tick.
+        for _ in 0..100_000 {
+            if weak.upgrade().is_none() {
+                return;
+            }
+            thread::yield_now();
+        }
+        panic!("the engine is still alive after the last handle was dropped");
     }
 }

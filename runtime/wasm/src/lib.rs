@@ -104,8 +104,9 @@
 //!
 //! # Checking a component
 //!
-//! [`WasmEngine::check`] reports whether a component fits `filter` or
-//! `handler` and otherwise names the wrong import or export; it is what
+//! [`check_component`] (or [`WasmEngine::check`] on an existing engine)
+//! reports whether a component fits `filter` or `handler` and otherwise
+//! names the wrong import or export; its `Display` is what
 //! `cathedral module check` prints.
 
 mod artifact_cache;
@@ -121,7 +122,7 @@ mod settings;
 mod state;
 mod stats;
 
-pub use check::CheckReport;
+pub use check::{CheckReport, check_component};
 pub use engine::WasmEngine;
 pub use error::{Error, ErrorKind, Result};
 pub use filter::{

@@ -80,10 +80,17 @@ pub struct PoolingConfig {
     pub max_memory_size: usize,
     /// The most elements a table may hold. Default 20,000.
     pub table_elements: usize,
-    /// Bytes of each memory slot kept resident (not returned to the OS) when
-    /// an instance ends, making the next instantiation cheaper. Default
-    /// 64 KiB.
+    /// Bytes of each memory slot reset in place (rather than returned to the
+    /// OS with `madvise`) when an instance ends, so the next instance of the
+    /// slot takes no page faults. With `pagemap_scan` only the pages a guest
+    /// dirtied count, so this bounds the resident memory each warm slot
+    /// keeps. Default 1 MiB.
     pub memory_keep_resident: usize,
+    /// The same for each table slot. Default 64 KiB.
+    pub table_keep_resident: usize,
+    /// Use Linux's `PAGEMAP_SCAN` (6.7+) to find the pages to reset, when the
+    /// kernel has it. Default `true`.
+    pub pagemap_scan: bool,
 }
 
 impl Default for PoolingConfig {
@@ -95,7 +102,9 @@ impl Default for PoolingConfig {
             max_tables_per_component: 8,
             max_memory_size: 64 * MIB,
             table_elements: 20_000,
-            memory_keep_resident: 64 * KIB,
+            memory_keep_resident: MIB,
+            table_keep_resident: 64 * KIB,
+            pagemap_scan: true,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
@@ -186,6 +187,7 @@ impl WasiHttpHooks for BackendHooks {
             request.headers_mut().insert(http::header::HOST, host);
         }
         *request.uri_mut() = uri;
+        let options = Some(with_default_timeouts(options));
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
@@ -193,6 +195,19 @@ impl WasiHttpHooks for BackendHooks {
                 Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
             ))
         })
+    }
+}
+
+/// A guest's request options, with bounded defaults where it set none
+/// (wasmtime's own are ten minutes).
+fn with_default_timeouts(options: Option<RequestOptions>) -> RequestOptions {
+    let options = options.unwrap_or_default();
+    RequestOptions {
+        connect_timeout: options.connect_timeout.or(Some(Duration::from_secs(5))),
+        first_byte_timeout: options.first_byte_timeout.or(Some(Duration::from_secs(30))),
+        between_bytes_timeout: options
+            .between_bytes_timeout
+            .or(Some(Duration::from_secs(30))),
     }
 }
 

@@ -311,7 +311,9 @@ pub(crate) async fn bad_import() {
             .contains("imports instance `fixture:secrets/vault`"),
         "the error names the import: {e}"
     );
-    let report = engine.check(bytes).await.expect("a valid component");
+    let report = cathedral_wasm::check_component(bytes)
+        .await
+        .expect("a valid component");
     assert_eq!(report.kind(), None);
     let why = report.filter.clone().expect_err("not a filter");
     assert!(why.contains("fixture:secrets/vault"), "{why}");
@@ -330,6 +332,18 @@ pub(crate) async fn hello_handler() {
     )
     .await;
     assert_eq!(module.kind(), cathedral_wasm::ModuleKind::Handler);
+    let report = engine
+        .check(std::fs::read(guests::HELLO_HANDLER).expect("read"))
+        .await
+        .expect("valid");
+    assert_eq!(report.kind(), Some(cathedral_wasm::ModuleKind::Handler));
+    assert!(report.to_string().starts_with("ok: a handler"), "{report}");
+    assert!(
+        report
+            .exports
+            .iter()
+            .any(|e| e == "wasi:http/incoming-handler@0.2.12")
+    );
     let env = client(Some("u-9"), None, "us-east-1");
     let get = |uri: &str| {
         http::Request::get(uri)
