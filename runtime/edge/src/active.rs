@@ -11,9 +11,16 @@ use cathedral_config::{
 };
 use http::{HeaderName, HeaderValue};
 
+use cathedral_wasm::{
+    Backend, Backends, Module, ModuleConfig as WasmModuleConfig, ModuleKind, ModuleSettings,
+    RateLimitPolicy, RateLimits,
+};
+
 use crate::content::DirectorySource;
 use crate::error::{Error, Result};
+use crate::filters::RouteFilter;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::node::WasmHost;
 use crate::ratelimit::Policy;
 use crate::router::Router;
 use crate::static_files::StaticContent;
@@ -24,6 +31,8 @@ pub struct Active {
     pub generation: u64,
     pub config: Arc<EdgeConfig>,
     upstreams: HashMap<String, Arc<UpstreamClient>>,
+    /// Loaded Wasm components by name, with the blake3 of their bytes.
+    modules: HashMap<String, (String, Module)>,
     /// Rate-limit policies by name, with their counters.
     pub policies: HashMap<String, Arc<Policy>>,
     router: Router<Arc<RouteCtx>>,
@@ -43,24 +52,50 @@ pub struct RouteCtx {
     /// Native rate limits, checked in order before anything else.
     pub rate_limits: Vec<Arc<Policy>>,
     pub user_id: Option<UserIdSource>,
+    /// Wasm filters in route order.
+    pub filters: Vec<RouteFilter>,
 }
 
 #[derive(Debug)]
 pub enum Target {
     Upstream(Arc<UpstreamClient>),
     Static(StaticContent),
+    Handler(HandlerCtx),
+}
+
+/// A Wasm handler answering a route, with the backends it may call.
+#[derive(Clone)]
+pub struct HandlerCtx {
+    pub module: Module,
+    pub backends: Backends,
+}
+
+impl std::fmt::Debug for HandlerCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerCtx")
+            .field("module", &self.module.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What building a snapshot needs from the node.
+#[derive(Debug)]
+pub struct BuildCtx<'a> {
+    pub metrics: &'a Metrics,
+    pub wasm: &'a WasmHost,
 }
 
 impl Active {
     /// Builds a snapshot. Upstream clients whose configuration did not
     /// change are carried over from `previous`, keeping their pooled
     /// connections warm across reloads.
-    pub fn build(
+    pub async fn build(
         config: EdgeConfig,
         generation: u64,
         previous: Option<&Active>,
-        metrics: &Metrics,
+        cx: &BuildCtx<'_>,
     ) -> Result<Self> {
+        let metrics = cx.metrics;
         let mut upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
             let reused = previous
@@ -86,6 +121,19 @@ impl Active {
             };
             policies.insert(name.clone(), policy);
         }
+        let modules = load_modules(&config, previous, &policies, cx.wasm).await?;
+        let module = |name: &str, kind: ModuleKind, route: &str| -> Result<Module> {
+            let (_, m) = modules
+                .get(name)
+                .ok_or_else(|| Error::Config(format!("route {route}: no module named {name:?}")))?;
+            if m.kind() != kind {
+                return Err(Error::Config(format!(
+                    "route {route}: module {name} is a {} component, used as a {kind}",
+                    m.kind()
+                )));
+            }
+            Ok(m.clone())
+        };
         let mut routes = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
             let target = match &route.target {
@@ -106,7 +154,39 @@ impl Active {
                         index: site.index.clone(),
                     })
                 }
+                RouteTarget::Handler(h) => {
+                    let mut backends = Vec::new();
+                    for name in &h.backends {
+                        let up = upstreams.get(name).ok_or_else(|| {
+                            Error::Config(format!(
+                                "route {}: no upstream named {name:?}",
+                                route.name
+                            ))
+                        })?;
+                        let origin = format!("{}://{}", up.scheme(), up.primary_target());
+                        backends.push(
+                            Backend::new(name.clone(), &origin)
+                                .map_err(|e| Error::Config(e.to_string()))?,
+                        );
+                    }
+                    Target::Handler(HandlerCtx {
+                        module: module(&h.module, ModuleKind::Handler, &route.name)?,
+                        backends: Backends::new(backends),
+                    })
+                }
             };
+            let filters = route
+                .filters
+                .iter()
+                .map(|f| {
+                    Ok(RouteFilter {
+                        module: module(&f.module, ModuleKind::Filter, &route.name)?,
+                        fail: f.fail,
+                        response_body: f.response_body,
+                        max_body_bytes: f.max_body_bytes,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             routes.push((
                 route,
                 Arc::new(RouteCtx {
@@ -130,6 +210,7 @@ impl Active {
                         })
                         .collect::<Result<_>>()?,
                     user_id: route.user_id.clone(),
+                    filters,
                 }),
             ));
         }
@@ -147,6 +228,7 @@ impl Active {
             generation,
             config: Arc::new(config),
             upstreams,
+            modules,
             policies,
             router,
         })
@@ -155,6 +237,56 @@ impl Active {
     pub fn route(&self, host: &str, path: &str) -> Option<&Arc<RouteCtx>> {
         self.router.find(host, path)
     }
+}
+
+/// Loads every configured component. One whose bytes and settings did not
+/// change since `previous` is carried over without recompiling.
+async fn load_modules(
+    config: &EdgeConfig,
+    previous: Option<&Active>,
+    policies: &HashMap<String, Arc<Policy>>,
+    wasm: &WasmHost,
+) -> Result<HashMap<String, (String, Module)>> {
+    let mut modules = HashMap::new();
+    if config.modules.is_empty() {
+        return Ok(modules);
+    }
+    let engine = wasm.engine()?;
+    for (name, mc) in &config.modules {
+        let bytes = tokio::fs::read(&mc.path).await.map_err(|e| Error::Module {
+            module: name.clone(),
+            reason: format!("cannot read {}: {e}", mc.path.display()),
+        })?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let mut rate_limits: Vec<(String, Arc<dyn RateLimitPolicy>)> = Vec::new();
+        for policy in &mc.rate_limits {
+            let p = policies.get(policy).ok_or_else(|| Error::Module {
+                module: name.clone(),
+                reason: format!("no rate limit named {policy:?}"),
+            })?;
+            rate_limits.push((policy.clone(), p.limiter.clone()));
+        }
+        let settings = ModuleSettings {
+            cpu_deadline: mc.cpu_deadline,
+            wall_timeout: mc.wall_timeout,
+            memory_limit: usize::try_from(mc.memory_limit_bytes).unwrap_or(usize::MAX),
+            config: WasmModuleConfig::new(mc.config.clone()),
+            rate_limits: RateLimits::new(rate_limits),
+        };
+        let reused = previous
+            .and_then(|p| p.modules.get(name))
+            .filter(|(old_hash, _)| *old_hash == hash);
+        let module = match reused {
+            Some((_, old)) => old.with_settings(settings),
+            None => engine.load(name, bytes, settings).await,
+        }
+        .map_err(|e| Error::Module {
+            module: name.clone(),
+            reason: e.to_string(),
+        })?;
+        modules.insert(name.clone(), (hash, module));
+    }
+    Ok(modules)
 }
 
 /// The cache crate's view of a route's `[cache]` settings.

@@ -381,7 +381,7 @@ async fn buffer(resp: Upstreamed, limit: u64) -> Result<Buffered, crate::BoxErro
         if let Ok(data) = frame.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() as u64 > limit {
-                let rest = Prefixed::new(buf.freeze(), body).boxed();
+                let rest = Prefixed::new(buf.freeze(), body).boxed_unsync();
                 return Ok(Buffered::TooLarge(Response::from_parts(head, rest)));
             }
         }

@@ -77,7 +77,7 @@ impl ContentObject {
                     remaining: len,
                 }
                 .map_err(BoxError::from)
-                .boxed())
+                .boxed_unsync())
             }
         }
     }

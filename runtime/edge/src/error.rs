@@ -30,6 +30,10 @@ pub enum Error {
     },
     #[error("configuration: {0}")]
     Config(String),
+    #[error("module {module}: {reason}")]
+    Module { module: String, reason: String },
+    #[error("WebAssembly engine: {0}")]
+    Wasm(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,6 +21,7 @@ mod conditional;
 mod conn;
 pub mod content;
 mod error;
+mod filters;
 mod metrics;
 mod node;
 mod proxy;

@@ -309,3 +309,73 @@ impl Metrics {
             .register_collector(Box::new(CacheCollector { cache }));
     }
 }
+
+/// Exposes per-module call and failure counts (kept by the Wasm engine
+/// across activations) at scrape time.
+#[derive(Debug)]
+struct ModuleCollector {
+    wasm: std::sync::Arc<crate::node::WasmHost>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleKindLabel {
+    module: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModuleLabel {
+    module: String,
+}
+
+impl prometheus_client::collector::Collector for ModuleCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+
+        let Some(engine) = self.wasm.started() else {
+            return Ok(());
+        };
+        let stats = engine.module_stats();
+        let kind = ConstCounter::new(0u64).metric_type();
+        let mut errors = encoder.encode_descriptor(
+            "cathedral_module_errors",
+            "Wasm module failures, by module and kind (trap, timeout, oom, load, guest_error, busy, engine)",
+            None,
+            kind,
+        )?;
+        for (module, s) in &stats {
+            for (k, n) in s.failures_by_kind() {
+                let labels = ModuleKindLabel {
+                    module: module.clone(),
+                    kind: k.as_str(),
+                };
+                ConstCounter::new(n).encode(errors.encode_family(&labels)?)?;
+            }
+        }
+        let mut calls = encoder.encode_descriptor(
+            "cathedral_module_calls",
+            "Wasm module calls, by module",
+            None,
+            kind,
+        )?;
+        for (module, s) in &stats {
+            let labels = ModuleLabel {
+                module: module.clone(),
+            };
+            ConstCounter::new(s.calls).encode(calls.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Adds the Wasm modules' figures to this registry.
+    pub fn register_modules(&mut self, wasm: std::sync::Arc<crate::node::WasmHost>) {
+        self.registry
+            .register_collector(Box::new(ModuleCollector { wasm }));
+    }
+}

@@ -6,12 +6,15 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use cathedral_cache::{Cache, CacheConfig, Coalescer, Integrity, SystemClock};
-use cathedral_config::{Bootstrap, CacheSettings, Certificate, EdgeConfig, IntegrityCheck, Limits};
+use cathedral_config::{
+    Bootstrap, CacheSettings, Certificate, EdgeConfig, IntegrityCheck, Limits, WasmSettings,
+};
+use cathedral_wasm::{EngineConfig, PoolingConfig, WasmEngine};
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -19,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
-use crate::active::Active;
+use crate::active::{Active, BuildCtx};
 use crate::admin;
 use crate::conn::{self, Listener};
 use crate::error::{Error, Result};
@@ -52,11 +55,14 @@ pub struct Shared {
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
     pub region: String,
+    /// The region as Wasm modules see it (one shared allocation).
+    pub region_id: Arc<str>,
     pub admin_token: Option<String>,
     /// Requests that matched no route (or were refused before routing).
     pub unrouted: RouteMetrics,
     pub cache: Arc<Cache>,
     pub coalescer: Coalescer,
+    pub wasm: Arc<WasmHost>,
     shutting_down: AtomicBool,
     reloader: Reloader,
     status: Mutex<Status>,
@@ -75,6 +81,55 @@ impl std::fmt::Debug for Reloader {
         f.debug_struct("Reloader")
             .field("generation", &self.generation)
             .finish_non_exhaustive()
+    }
+}
+
+/// The process's WebAssembly engine, created when the first configuration
+/// with modules is activated (a node without modules never reserves the
+/// instance pool).
+pub struct WasmHost {
+    settings: WasmSettings,
+    engine: OnceLock<Result<WasmEngine, String>>,
+}
+
+impl std::fmt::Debug for WasmHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmHost")
+            .field("settings", &self.settings)
+            .field("started", &self.started().is_some())
+            .finish()
+    }
+}
+
+impl WasmHost {
+    pub fn new(settings: WasmSettings) -> Self {
+        Self {
+            settings,
+            engine: OnceLock::new(),
+        }
+    }
+
+    /// The engine, starting it on first use.
+    pub fn engine(&self) -> Result<&WasmEngine> {
+        let engine = self.engine.get_or_init(|| {
+            let config = EngineConfig {
+                pooling: Some(PoolingConfig {
+                    max_instances: self.settings.max_instances,
+                    max_memory_size: usize::try_from(self.settings.max_memory_bytes)
+                        .unwrap_or(usize::MAX),
+                    ..PoolingConfig::default()
+                }),
+                artifact_cache: self.settings.artifact_cache.clone(),
+                ..EngineConfig::default()
+            };
+            WasmEngine::new(config).map_err(|e| e.to_string())
+        });
+        engine.as_ref().map_err(|e| Error::Wasm(e.clone()))
+    }
+
+    /// The engine if it has been started.
+    pub fn started(&self) -> Option<&WasmEngine> {
+        self.engine.get().and_then(|e| e.as_ref().ok())
     }
 }
 
@@ -109,15 +164,23 @@ impl Shared {
         }
 
         let this = self.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            let config = this.reloader.source.load()?;
-            let generation = this.reloader.generation.load(Ordering::Relaxed) + 1;
-            let previous = this.active.load_full();
-            Active::build(config, generation, Some(&previous), &this.metrics)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        let loaded = tokio::task::spawn_blocking(move || this.reloader.source.load())
+            .await
+            .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+        let built = match loaded {
+            Ok(config) => {
+                let generation = self.reloader.generation.load(Ordering::Relaxed) + 1;
+                let previous = self.active.load_full();
+                let cx = BuildCtx {
+                    metrics: &self.metrics,
+                    wasm: &self.wasm,
+                };
+                Active::build(config, generation, Some(&previous), &cx)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
 
         let activated = match built {
             Ok(active) => {
@@ -173,6 +236,8 @@ impl Node {
         source: Arc<dyn ConfigSource>,
     ) -> Result<NodeHandle> {
         let mut metrics = Metrics::new();
+        let wasm = Arc::new(WasmHost::new(bootstrap.wasm.clone()));
+        metrics.register_modules(wasm.clone());
         let cache = Arc::new(Cache::new(
             cache_config(&bootstrap.cache),
             Arc::new(SystemClock),
@@ -182,7 +247,16 @@ impl Node {
             bootstrap.cache.coalesce_max_waiters,
             bootstrap.cache.coalesce_timeout,
         );
-        let active = Active::build(edge, 1, None, &metrics)?;
+        let active = Active::build(
+            edge,
+            1,
+            None,
+            &BuildCtx {
+                metrics: &metrics,
+                wasm: &wasm,
+            },
+        )
+        .await?;
         metrics.config_generation.set(1);
 
         let certs: Vec<Certificate> = bootstrap
@@ -249,9 +323,11 @@ impl Node {
             metrics,
             cache,
             coalescer,
+            wasm,
             limits: bootstrap.limits.clone(),
             trusted_proxies: bootstrap.trusted_proxies.clone(),
             region: bootstrap.region.clone(),
+            region_id: Arc::from(bootstrap.region.as_str()),
             admin_token: bootstrap.admin.token.clone(),
             shutting_down: AtomicBool::new(false),
             reloader: Reloader {

@@ -162,7 +162,7 @@ impl Upstreamed {
     pub fn streamed(self) -> Response<Body> {
         let (deadline, timeout) = (self.deadline, self.timeout);
         self.response
-            .map(|b| Deadline::new(b, deadline, timeout).boxed())
+            .map(|b| Deadline::new(b, deadline, timeout).boxed_unsync())
     }
 }
 
@@ -181,12 +181,12 @@ pub async fn send<B>(
     body: B,
 ) -> Result<Upstreamed, Failure>
 where
-    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<crate::BoxError>,
 {
     let body_too_large = Arc::new(AtomicBool::new(false));
     let body: Body =
-        Limited::new(body, shared.limits.max_body_bytes, body_too_large.clone()).boxed();
+        Limited::new(body, shared.limits.max_body_bytes, body_too_large.clone()).boxed_unsync();
     let timeout = upstream.config.total_timeout;
     let deadline = Instant::now() + timeout;
     let mut resp = match upstream.send(Request::from_parts(parts, body)).await {

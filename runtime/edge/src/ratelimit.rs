@@ -27,7 +27,7 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 #[derive(Debug)]
 pub struct Policy {
     pub config: RateLimitPolicy,
-    pub limiter: Limiter,
+    pub limiter: Arc<Limiter>,
     policy_header: HeaderValue,
     /// `cathedral_ratelimit_decisions_total` per outcome, resolved once.
     decisions: [Counter; 4],
@@ -59,7 +59,7 @@ impl Policy {
         });
         Ok(Arc::new(Self {
             config: config.clone(),
-            limiter,
+            limiter: Arc::new(limiter),
             policy_header,
             decisions,
         }))

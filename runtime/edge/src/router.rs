@@ -121,6 +121,7 @@ mod tests {
             cache: None,
             rate_limits: vec![],
             user_id: None,
+            filters: vec![],
         }
     }
 

@@ -4,7 +4,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use cathedral_cache::{CacheStatus, Fwd};
 use cathedral_config::UserIdSource;
+use cathedral_wasm::{ClientInfo, RequestEnv};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -16,6 +18,7 @@ use crate::body::{Body, Observed, OnComplete};
 use crate::cached;
 use crate::client_addr;
 use crate::conn::{ConnInfo, InFlight};
+use crate::filters;
 use crate::node::Shared;
 use crate::proxy;
 use crate::ratelimit;
@@ -35,6 +38,8 @@ pub struct RequestCtx {
     pub authority: Option<HeaderValue>,
     /// The user id per the route's `user_id` source, derived once.
     pub user_id: Option<String>,
+    /// ISO 3166-1 alpha-2 country from the configured trusted header.
+    pub country: Option<String>,
 }
 
 pub async fn handle(
@@ -64,6 +69,7 @@ pub async fn handle(
         host,
         authority,
         user_id: None,
+        country: None,
     };
     let mut ctx = ctx;
     let method = req.method().clone();
@@ -108,7 +114,13 @@ pub async fn handle(
             match verdict {
                 ratelimit::Verdict::Refused(resp) => (resp, None),
                 ratelimit::Verdict::Allowed(extra) => {
-                    let (mut resp, upstream) = dispatch(&shared, &ctx, route, req).await;
+                    let plain_route =
+                        route.filters.is_empty() && !matches!(route.target, Target::Handler(_));
+                    let (mut resp, upstream) = if plain_route {
+                        dispatch(&shared, &ctx, route, req, None, false).await
+                    } else {
+                        filtered(&shared, &ctx, route, req).await
+                    };
                     for (name, value) in extra {
                         resp.headers_mut().append(name, value);
                     }
@@ -138,15 +150,18 @@ pub async fn handle(
         started,
         _in_flight: in_flight,
     };
-    resp.map(|body| Observed::new(body, Box::new(log)).boxed())
+    resp.map(|body| Observed::new(body, Box::new(log)).boxed_unsync())
 }
 
-/// Hands the request to the route's target.
+/// Hands the request to the route's target. `no_store`: a request filter
+/// said the response must not be stored, so the cache is bypassed.
 async fn dispatch(
     shared: &Arc<Shared>,
     ctx: &RequestCtx,
     route: &Arc<RouteCtx>,
     req: Request<Incoming>,
+    env: Option<&RequestEnv>,
+    no_store: bool,
 ) -> (Response<Body>, Option<String>) {
     match &route.target {
         Target::Static(site) => {
@@ -158,12 +173,167 @@ async fn dispatch(
         }
         Target::Upstream(up) => {
             let resp = match &route.cache {
-                Some(policy) => cached::serve(shared, ctx, route, up, policy, req).await,
+                Some(policy) if !no_store => {
+                    cached::serve(shared, ctx, route, up, policy, req).await
+                }
+                Some(_) => {
+                    let mut resp = proxy::forward(shared, ctx, route, up, req).await;
+                    CacheStatus::forward(Fwd::Bypass)
+                        .detail("no-store by filter")
+                        .append_to(resp.headers_mut());
+                    resp
+                }
                 None => proxy::forward(shared, ctx, route, up, req).await,
             };
             (resp, Some(up.name().to_owned()))
         }
+        Target::Handler(handler) => {
+            let env = env
+                .cloned()
+                .unwrap_or_else(|| RequestEnv::new(client_info(shared, ctx)))
+                .with_backends(handler.backends.clone());
+            let resp = match handler.module.handle(req, &env).await {
+                Ok(resp) => resp.map(|b| b.map_err(crate::BoxError::from).boxed_unsync()),
+                // Counted and logged by the engine.
+                Err(e) => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "handler {} failed ({})",
+                        handler.module.name(),
+                        e.kind().as_str()
+                    ),
+                ),
+            };
+            (resp, None)
+        }
     }
+}
+
+/// What Wasm modules learn about the client.
+fn client_info(shared: &Shared, ctx: &RequestCtx) -> ClientInfo {
+    ClientInfo {
+        ip: ctx.client_ip,
+        country: ctx.country.clone(),
+        region: shared.region_id.clone(),
+        user_id: ctx.user_id.clone(),
+    }
+}
+
+/// A route with Wasm filters or a handler: request filters, the target,
+/// response filters; when a filter may read the body, conditionals and
+/// ranges are answered after the filters, on the final representation.
+async fn filtered(
+    shared: &Arc<Shared>,
+    ctx: &RequestCtx,
+    route: &Arc<RouteCtx>,
+    req: Request<Incoming>,
+) -> (Response<Body>, Option<String>) {
+    let env = RequestEnv::new(client_info(shared, ctx));
+    let scheme = if ctx.tls { "https" } else { "http" };
+    let authority = ctx
+        .authority
+        .as_ref()
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let (mut parts, body) = req.into_parts();
+    let no_store =
+        match filters::on_request(&route.filters, &mut parts, scheme, &authority, &env).await {
+            filters::RequestOutcome::Respond(resp) => return (resp, None),
+            filters::RequestOutcome::Continue { no_store } => no_store,
+        };
+    if route.filters.is_empty() {
+        return dispatch(
+            shared,
+            ctx,
+            route,
+            Request::from_parts(parts, body),
+            Some(&env),
+            no_store,
+        )
+        .await;
+    }
+    // Filters that read bodies get the whole, identity-encoded
+    // representation; the client's validators and range apply afterwards.
+    let max_body = route
+        .filters
+        .iter()
+        .filter(|f| f.response_body)
+        .map(|f| f.max_body_bytes)
+        .max();
+    let client_conditionals = max_body.map(|_| take_conditionals(&mut parts.headers));
+    let seen = parts.clone();
+    let (resp, upstream) = dispatch(
+        shared,
+        ctx,
+        route,
+        Request::from_parts(parts, body),
+        Some(&env),
+        no_store,
+    )
+    .await;
+    let (resp, _) =
+        filters::on_response(&route.filters, &seen, scheme, &authority, resp, &env).await;
+    let resp = match (client_conditionals, max_body) {
+        (Some(conditionals), Some(limit)) => {
+            answer_conditionals(resp, &seen.method, &conditionals, limit).await
+        }
+        _ => resp,
+    };
+    (resp, upstream)
+}
+
+/// Removes (and returns) the fields the node answers itself after body
+/// filters: validators, `Range`, and `Accept-Encoding` (so the body a filter
+/// reads is not compressed).
+fn take_conditionals(headers: &mut http::HeaderMap) -> http::HeaderMap {
+    let mut taken = http::HeaderMap::new();
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+    ] {
+        for v in headers.get_all(&name) {
+            taken.append(name.clone(), v.clone());
+        }
+        headers.remove(&name);
+    }
+    headers.remove(header::ACCEPT_ENCODING);
+    taken
+}
+
+/// Applies the client's conditionals and single range to a complete 200
+/// response of at most `limit` bytes; anything else passes unchanged (a full
+/// 200 is always a correct answer).
+async fn answer_conditionals(
+    resp: Response<Body>,
+    method: &http::Method,
+    conditionals: &http::HeaderMap,
+    limit: u64,
+) -> Response<Body> {
+    use http_body::Body as _;
+    let small = resp.body().size_hint().exact().is_some_and(|n| n <= limit);
+    if conditionals.is_empty() || resp.status() != StatusCode::OK || !small {
+        return resp;
+    }
+    let (head, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return plain(StatusCode::BAD_GATEWAY, "response body failed");
+    };
+    let served = cathedral_cache::serve::respond(
+        method,
+        conditionals,
+        head.status,
+        head.headers,
+        collected.to_bytes(),
+    );
+    let mut out = Response::new(crate::body::full(served.body));
+    *out.status_mut() = served.status;
+    *out.headers_mut() = served.headers;
+    out
 }
 
 /// The user id from the route's cookie or header, if present and sane.
