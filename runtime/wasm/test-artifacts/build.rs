@@ -14,6 +14,7 @@ use std::process::Command;
 const GUESTS: &[(&str, &str)] = &[
     ("PERSONALIZE", "personalize"),
     ("COMPLIANCE", "compliance"),
+    ("RATELIMIT", "ratelimit"),
     ("EMPTY_FILTER", "fixture-empty-filter"),
     ("INFINITE_LOOP", "fixture-infinite-loop"),
     ("MEMORY_BOMB", "fixture-memory-bomb"),
@@ -41,6 +42,7 @@ fn main() {
         "sdk",
         "personalize",
         "compliance",
+        "ratelimit",
         "fixtures",
     ] {
         println!("cargo:rerun-if-changed={}", guests.join(path).display());

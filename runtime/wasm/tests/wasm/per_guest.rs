@@ -383,3 +383,50 @@ pub(crate) async fn hello_handler() {
     assert_eq!(body, "bonjour /\n");
     assert_eq!(module.stats().calls, 2);
 }
+
+/// A smoke test; `tests/ratelimit_module.rs` covers the module in full.
+#[tokio::test]
+pub(crate) async fn ratelimit() {
+    use cathedral_limits::{Limiter, PolicySpec, Quota};
+    use cathedral_wasm::{RateLimitPolicy, RateLimits};
+    use std::{num::NonZeroU32, sync::Arc};
+
+    let one = NonZeroU32::MIN;
+    let quota = Quota::new(one, Duration::from_secs(3600), one).expect("quota");
+    let anon: Arc<dyn RateLimitPolicy> =
+        Arc::new(Limiter::new(PolicySpec::new("anon", quota)).expect("limiter"));
+    let engine = common::engine();
+    let module = load(
+        &engine,
+        "ratelimit",
+        guests::RATELIMIT,
+        ModuleSettings {
+            rate_limits: RateLimits::new([("anon".to_owned(), anon)]),
+            ..settings(&[
+                ("anonymous", r#"{"policy":"anon","quota":1,"window":3600}"#),
+                ("exempt", r#"["/health"]"#),
+            ])
+        },
+    )
+    .await;
+    let env = client(None, None, "us-east-1");
+    assert!(matches!(
+        common::on_request(&module, &Req::get("/api"), &env).await,
+        RequestAction::Continue
+    ));
+    let RequestAction::Respond(response) =
+        common::on_request(&module, &Req::get("/api"), &env).await
+    else {
+        panic!("expected a 429");
+    };
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "3600");
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        r#""anon";q=1;w=3600"#
+    );
+    assert!(matches!(
+        common::on_request(&module, &Req::get("/health"), &env).await,
+        RequestAction::Continue
+    ));
+}

@@ -1,0 +1,547 @@
+//! The `ratelimit` guest (`guest-modules/ratelimit`) against real wasmtime
+//! and the host's real limiters: `RateLimits` built from
+//! `cathedral_limits::Limiter`s on one fake clock, so every decision, header
+//! and refill is deterministic.
+//!
+//! Policies: `api-anon` 1/s, burst 2 (anonymous clients, per IP);
+//! `api-free` 1 per 10 s, burst 3; `api-pro` 10/s, burst 10.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cathedral_limits::clock::FakeRelativeClock;
+use cathedral_limits::{Limiter, PolicySpec, Quota};
+use cathedral_wasm::{
+    ClientInfo, EngineConfig, Module, ModuleConfig, ModuleSettings, PoolingConfig, RateLimitPolicy,
+    RateLimits, RequestAction, RequestEnv, RequestHead, ResponseAction, ResponseParts, WasmEngine,
+};
+use cathedral_wasm_test_artifacts as guests;
+use http::{HeaderMap, StatusCode};
+
+const TIERS: &str = r#"{"free":{"keys":["k-free"],"policy":"api-free","quota":3,"window":30},"pro":{"keys":["k-pro-1","k-pro-2"],"policy":"api-pro","quota":10,"window":1}}"#;
+const ANONYMOUS: &str = r#"{"policy":"api-anon","quota":2,"window":2}"#;
+const CONFIG: &[(&str, &str)] = &[
+    ("api_key_header", "x-api-key"),
+    ("exempt", r#"["/api/health","/status/"]"#),
+    ("anonymous", ANONYMOUS),
+    ("tiers", TIERS),
+];
+
+const IP_A: &str = "203.0.113.7";
+const IP_B: &str = "198.51.100.23";
+
+type FakeLimiter = Limiter<FakeRelativeClock>;
+
+/// The module, the limiters it is granted, and their clock.
+struct Harness {
+    module: Module,
+    clock: FakeRelativeClock,
+    anon: Arc<FakeLimiter>,
+    free: Arc<FakeLimiter>,
+}
+
+/// A compiled-artifact cache shared by the tests of this binary.
+fn shared_cache() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
+        .to_path_buf()
+}
+
+fn limiter(
+    name: &str,
+    rate: u32,
+    period: Duration,
+    burst: u32,
+    clock: &FakeRelativeClock,
+) -> Arc<FakeLimiter> {
+    let nz = |n| NonZeroU32::new(n).expect("non-zero");
+    let quota = Quota::new(nz(rate), period, nz(burst)).expect("quota");
+    Arc::new(Limiter::with_clock(PolicySpec::new(name, quota), clock.clone()).expect("limiter"))
+}
+
+impl Harness {
+    async fn new(config: &[(&str, &str)]) -> Self {
+        let clock = FakeRelativeClock::default();
+        let anon = limiter("api-anon", 1, Duration::from_secs(1), 2, &clock);
+        let free = limiter("api-free", 1, Duration::from_secs(10), 3, &clock);
+        let pro = limiter("api-pro", 10, Duration::from_secs(1), 10, &clock);
+        let granted: [(&str, Arc<dyn RateLimitPolicy>); 3] = [
+            ("api-anon", anon.clone()),
+            ("api-free", free.clone()),
+            ("api-pro", pro),
+        ];
+        let engine = WasmEngine::new(EngineConfig {
+            pooling: Some(PoolingConfig {
+                max_instances: 16,
+                ..PoolingConfig::default()
+            }),
+            artifact_cache: Some(shared_cache()),
+            ..EngineConfig::default()
+        })
+        .expect("engine");
+        let settings = ModuleSettings {
+            config: config.iter().copied().collect::<ModuleConfig>(),
+            rate_limits: RateLimits::new(granted.map(|(name, p)| (name.to_owned(), p))),
+            ..ModuleSettings::default()
+        };
+        let bytes = std::fs::read(guests::RATELIMIT).expect("read the ratelimit guest");
+        let module = engine
+            .load("ratelimit", bytes, settings)
+            .await
+            .expect("load ratelimit");
+        Self {
+            module,
+            clock,
+            anon,
+            free,
+        }
+    }
+
+    /// `on-request` for `GET path` from `ip`, with the API key `key`.
+    async fn request(&self, path: &str, key: Option<&str>, ip: &str) -> RequestAction {
+        let (parts, env) = request(path, key, ip);
+        self.module
+            .on_request(RequestHead::new(&parts, "https", "api.example.com"), &env)
+            .await
+            .unwrap_or_else(|e| panic!("on-request {path}: {e}"))
+    }
+
+    /// Whether the request goes on (`Continue`) or is refused with a 429.
+    async fn allowed(&self, path: &str, key: Option<&str>, ip: &str) -> bool {
+        match self.request(path, key, ip).await {
+            RequestAction::Continue => true,
+            RequestAction::Respond(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => false,
+            other => panic!("{path} from {ip}: unexpected {other:?}"),
+        }
+    }
+
+    /// How many of `n` requests in a row are allowed.
+    async fn allowed_of(&self, n: usize, path: &str, key: Option<&str>, ip: &str) -> usize {
+        let mut allowed = 0;
+        for _ in 0..n {
+            allowed += usize::from(self.allowed(path, key, ip).await);
+        }
+        allowed
+    }
+
+    /// The policy named in the body of the 429 that `key` gets once its
+    /// bucket is spent.
+    async fn refusing_policy(&self, key: Option<&str>, ip: &str) -> String {
+        for _ in 0..20 {
+            if let RequestAction::Respond(r) = self.request("/api/orders", key, ip).await {
+                let body: serde_json::Value = serde_json::from_slice(r.body()).expect("JSON body");
+                return body["policy"].as_str().expect("policy").to_owned();
+            }
+        }
+        panic!("{key:?} was never refused");
+    }
+}
+
+fn request(path: &str, key: Option<&str>, ip: &str) -> (http::request::Parts, RequestEnv) {
+    let mut builder = http::Request::get(path);
+    if let Some(key) = key {
+        builder = builder.header("x-api-key", key);
+    }
+    let parts = builder.body(()).expect("request").into_parts().0;
+    let env = RequestEnv::new(ClientInfo {
+        ip: ip.parse::<IpAddr>().expect("ip"),
+        region: Arc::from("eu-central-1"),
+        ..ClientInfo::default()
+    });
+    (parts, env)
+}
+
+#[tokio::test]
+async fn tiers_get_their_own_limits() {
+    let h = Harness::new(CONFIG).await;
+    // Each tier's burst, then refusals.
+    assert_eq!(
+        h.allowed_of(5, "/api/orders", Some("k-free"), IP_A).await,
+        3
+    );
+    assert_eq!(
+        h.allowed_of(15, "/api/orders", Some("k-pro-1"), IP_A).await,
+        10
+    );
+    // Every key of a tier has its own bucket.
+    assert_eq!(
+        h.allowed_of(15, "/api/orders", Some("k-pro-2"), IP_A).await,
+        10
+    );
+    // The keys' requests did not touch the IP's anonymous bucket.
+    assert_eq!(h.allowed_of(4, "/api/orders", None, IP_A).await, 2);
+    // The buckets are the host's, under the node's own key format.
+    let free = h.free.check("h:k-free", 0);
+    assert_eq!(free.remaining, 0, "{free:?}");
+    assert_eq!(h.anon.check(&format!("ip:{IP_A}"), 0).remaining, 0);
+}
+
+#[tokio::test]
+async fn keys_in_the_header_map_to_their_tier() {
+    let h = Harness::new(CONFIG).await;
+    assert_eq!(h.refusing_policy(Some("k-free"), IP_A).await, "api-free");
+    assert_eq!(h.refusing_policy(Some("k-pro-2"), IP_A).await, "api-pro");
+    // Surrounding whitespace is not part of the key.
+    assert_eq!(h.refusing_policy(Some(" k-pro-1 "), IP_A).await, "api-pro");
+    // Unknown, empty and absent keys are anonymous, per IP.
+    assert_eq!(h.refusing_policy(Some("k-nobody"), IP_B).await, "api-anon");
+    let other = "192.0.2.1";
+    assert_eq!(h.refusing_policy(Some("  "), other).await, "api-anon");
+    assert!(
+        !h.allowed("/api/orders", None, other).await,
+        "the same IP's bucket"
+    );
+    // Keys are case-sensitive.
+    assert_eq!(
+        h.refusing_policy(Some("K-FREE"), "192.0.2.2").await,
+        "api-anon"
+    );
+
+    // The header's name comes from the config (matched case-insensitively).
+    let mut config = CONFIG.to_vec();
+    config[0] = ("api_key_header", "X-Customer-Key");
+    let custom = Harness::new(&config).await;
+    let (mut parts, env) = request("/api/orders", Some("k-free"), IP_A);
+    for _ in 0..2 {
+        // x-api-key is not the header any more: anonymous, burst 2.
+        let action = custom
+            .module
+            .on_request(RequestHead::new(&parts, "https", "h"), &env)
+            .await
+            .expect("on-request");
+        assert!(matches!(action, RequestAction::Continue), "{action:?}");
+    }
+    parts
+        .headers
+        .insert("x-customer-key", "k-free".parse().expect("value"));
+    for _ in 0..3 {
+        let action = custom
+            .module
+            .on_request(RequestHead::new(&parts, "https", "h"), &env)
+            .await
+            .expect("on-request");
+        assert!(
+            matches!(action, RequestAction::Continue),
+            "free tier: {action:?}"
+        );
+    }
+    assert_eq!(
+        custom.refusing_policy(Some("k-free"), IP_A).await,
+        "api-anon"
+    );
+}
+
+#[tokio::test]
+async fn anonymous_clients_are_limited_per_ip() {
+    let h = Harness::new(CONFIG).await;
+    assert_eq!(h.allowed_of(5, "/api/orders", None, IP_A).await, 2);
+    // Another IP is independent, and so is the first IP's tiered key.
+    assert_eq!(h.allowed_of(5, "/api/orders", None, IP_B).await, 2);
+    assert!(h.allowed("/api/orders", Some("k-free"), IP_A).await);
+    // Every route path counts against the same bucket.
+    assert!(!h.allowed("/api/other", None, IP_A).await);
+
+    // IPv6 clients are grouped by /64, as the node's client-ip key does.
+    let (one, same_64, other_64) = ("2001:db8:1:2::7", "2001:db8:1:2:ffff::1", "2001:db8:1:3::7");
+    assert_eq!(h.allowed_of(2, "/api/orders", None, one).await, 2);
+    assert!(!h.allowed("/api/orders", None, same_64).await, "same /64");
+    assert_eq!(h.allowed_of(3, "/api/orders", None, other_64).await, 2);
+    assert_eq!(h.anon.check("ip:2001:db8:1:2::/64", 0).remaining, 0);
+    // An IPv4-mapped address is its IPv4 address.
+    assert!(!h.allowed("/api/orders", None, "::ffff:203.0.113.7").await);
+}
+
+#[tokio::test]
+async fn exempt_paths_are_never_limited() {
+    let h = Harness::new(CONFIG).await;
+    assert_eq!(h.allowed_of(3, "/api/orders", None, IP_A).await, 2);
+    assert_eq!(
+        h.allowed_of(3, "/api/orders", Some("k-free"), IP_A).await,
+        3
+    );
+    for path in [
+        "/api/health",
+        "/api/health/db",
+        "/api/health?full=1",
+        "/status/",
+        "/status/x",
+    ] {
+        assert_eq!(h.allowed_of(25, path, None, IP_A).await, 25, "{path}");
+        assert_eq!(
+            h.allowed_of(25, path, Some("k-free"), IP_A).await,
+            25,
+            "{path}"
+        );
+    }
+    // Only whole segments, and only plain paths, are exempt.
+    for path in [
+        "/api/healthz",
+        "/api/health/../orders",
+        "/api/health/%2e%2e/orders",
+        "/api/health\\..\\orders",
+        "/status",
+    ] {
+        assert!(!h.allowed(path, None, IP_A).await, "{path}");
+    }
+    // Exempt requests spent nothing.
+    h.clock.advance(Duration::from_secs(1));
+    assert!(h.allowed("/api/orders", None, IP_A).await);
+}
+
+#[tokio::test]
+async fn the_429_is_exact() {
+    let h = Harness::new(CONFIG).await;
+    assert_eq!(
+        h.allowed_of(3, "/api/orders", Some("k-free"), IP_A).await,
+        3
+    );
+    // 4 s later the bucket (one unit per 10 s) still has nothing: the next
+    // unit comes at 10 s, the bucket is full at 30 s.
+    h.clock.advance(Duration::from_secs(4));
+    let RequestAction::Respond(response) = h.request("/api/orders", Some("k-free"), IP_A).await
+    else {
+        panic!("expected a 429");
+    };
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let mut headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().expect("text").to_owned()))
+        .collect();
+    headers.sort();
+    let expected = [
+        ("cache-control", "no-store"),
+        ("content-type", "application/json"),
+        ("ratelimit", r#""api-free";r=0;t=26"#),
+        ("ratelimit-policy", r#""api-free";q=3;w=30"#),
+        ("retry-after", "6"),
+    ]
+    .map(|(n, v)| (n.to_owned(), v.to_owned()));
+    assert_eq!(headers, expected);
+    assert_eq!(
+        std::str::from_utf8(response.body()).expect("UTF-8"),
+        r#"{"error":"rate_limited","policy":"api-free","retry_after":6}"#
+    );
+
+    // The same values as the node's native formatting of the same policy
+    // (a refused check spends nothing).
+    let native = h.free.check("h:k-free", 1);
+    assert!(!native.allowed());
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        h.free.policy_header()
+    );
+    assert_eq!(
+        response.headers()["ratelimit"],
+        h.free.ratelimit_header(&native)
+    );
+    assert_eq!(
+        response.headers()["retry-after"],
+        native.retry_after_secs().expect("retry").to_string()
+    );
+
+    // Anonymous: burst 2 at 1/s; a refusal 1 ms after the burst waits ~1 s.
+    assert_eq!(h.allowed_of(2, "/api/orders", None, IP_B).await, 2);
+    h.clock.advance(Duration::from_millis(1));
+    let RequestAction::Respond(response) = h.request("/api/orders", None, IP_B).await else {
+        panic!("expected a 429");
+    };
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        r#""api-anon";q=2;w=2"#
+    );
+    assert_eq!(response.headers()["ratelimit"], r#""api-anon";r=0;t=2"#);
+    assert_eq!(
+        response.body().as_ref(),
+        br#"{"error":"rate_limited","policy":"api-anon","retry_after":1}"#
+    );
+
+    // Without quota and window in the config, RateLimit-Policy is left out.
+    let bare = [("anonymous", r#"{"policy":"api-anon"}"#)];
+    let h = Harness::new(&bare).await;
+    assert_eq!(h.allowed_of(2, "/", None, IP_A).await, 2);
+    let RequestAction::Respond(response) = h.request("/", None, IP_A).await else {
+        panic!("expected a 429");
+    };
+    assert!(!response.headers().contains_key("ratelimit-policy"));
+    assert_eq!(response.headers()["ratelimit"], r#""api-anon";r=0;t=2"#);
+}
+
+#[tokio::test]
+async fn a_refilled_bucket_admits_again() {
+    let h = Harness::new(CONFIG).await;
+    assert_eq!(h.allowed_of(3, "/api/orders", None, IP_A).await, 2);
+    assert_eq!(
+        h.allowed_of(4, "/api/orders", Some("k-free"), IP_A).await,
+        3
+    );
+    // One anonymous unit per second: after 999 ms still refused, at 1 s one more.
+    h.clock.advance(Duration::from_millis(999));
+    assert!(!h.allowed("/api/orders", None, IP_A).await);
+    h.clock.advance(Duration::from_millis(1));
+    assert_eq!(h.allowed_of(2, "/api/orders", None, IP_A).await, 1);
+    // After a full window both buckets are full again.
+    h.clock.advance(Duration::from_secs(30));
+    assert_eq!(h.allowed_of(3, "/api/orders", None, IP_A).await, 2);
+    assert_eq!(
+        h.allowed_of(4, "/api/orders", Some("k-free"), IP_A).await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn trouble_fails_open() {
+    let h = Harness::new(CONFIG).await;
+    // A module granted none of its policies lets everything through.
+    let ungranted = h
+        .module
+        .with_settings(ModuleSettings {
+            config: CONFIG.iter().copied().collect(),
+            ..ModuleSettings::default()
+        })
+        .expect("settings");
+    for key in [None, Some("k-free"), Some("k-pro-1")] {
+        let (parts, env) = request("/api/orders", key, IP_A);
+        for _ in 0..20 {
+            let action = ungranted
+                .on_request(RequestHead::new(&parts, "https", "h"), &env)
+                .await
+                .expect("no failure");
+            assert!(matches!(action, RequestAction::Continue), "{action:?}");
+        }
+    }
+    // Config it cannot read lets through the requests that need it (and
+    // nothing traps): (config, anonymous admitted, `k-free` admitted) of 12.
+    let cases = [
+        ([("tiers", "[1, 2]"), ("anonymous", ANONYMOUS)], 2, 12),
+        ([("tiers", TIERS), ("anonymous", "api-anon")], 12, 3),
+        (
+            [
+                ("tiers", r#"{"free":{"keys":["k-free"]}}"#),
+                ("anonymous", "{}"),
+            ],
+            12,
+            12,
+        ),
+    ];
+    for (config, anonymous, keyed) in cases {
+        let broken = Harness::new(&config).await;
+        let got = (
+            broken.allowed_of(12, "/api/orders", None, IP_A).await,
+            broken
+                .allowed_of(12, "/api/orders", Some("k-free"), IP_A)
+                .await,
+        );
+        assert_eq!(got, (anonymous, keyed), "{config:?}");
+        assert_eq!(broken.module.stats().total_failures(), 0);
+    }
+    // No config at all: nothing is limited.
+    let empty = Harness::new(&[]).await;
+    assert_eq!(empty.allowed_of(12, "/", Some("k-free"), IP_A).await, 12);
+    assert_eq!(h.module.stats().total_failures(), 0);
+    assert_eq!(ungranted.stats().total_failures(), 0);
+}
+
+/// `on-response` for a response with `status` and `headers`.
+async fn on_response(
+    h: &Harness,
+    key: Option<&str>,
+    status: u16,
+    headers: &[(&str, &str)],
+) -> ResponseAction {
+    let (parts, env) = request("/api/orders", key, IP_A);
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            value.parse().expect("value"),
+        );
+    }
+    let response = ResponseParts {
+        status: StatusCode::from_u16(status).expect("status"),
+        headers: &map,
+        body: None,
+    };
+    h.module
+        .on_response(RequestHead::new(&parts, "https", "h"), response, &env)
+        .await
+        .expect("on-response")
+}
+
+fn set_headers(action: &ResponseAction) -> Vec<(String, String)> {
+    match action {
+        ResponseAction::Pass => Vec::new(),
+        ResponseAction::Edit(edit) => edit
+            .set_headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().expect("text").to_owned()))
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn allowed_responses_get_headers_only_when_asked() {
+    // By default allowed responses are left alone.
+    let h = Harness::new(CONFIG).await;
+    assert!(h.allowed("/api/orders", Some("k-free"), IP_A).await);
+    assert!(matches!(
+        on_response(&h, Some("k-free"), 200, &[]).await,
+        ResponseAction::Pass
+    ));
+
+    let mut config = CONFIG.to_vec();
+    config.push(("headers", "always"));
+    let h = Harness::new(&config).await;
+    assert!(h.allowed("/api/orders", Some("k-free"), IP_A).await);
+    h.clock.advance(Duration::from_secs(2));
+    // The bucket as it stands (read without spending): 2 left, full in 8 s.
+    let action = on_response(&h, Some("k-free"), 200, &[]).await;
+    let expected = [
+        ("ratelimit-policy", r#""api-free";q=3;w=30"#),
+        ("ratelimit", r#""api-free";r=2;t=8"#),
+    ]
+    .map(|(n, v)| (n.to_owned(), v.to_owned()));
+    assert_eq!(set_headers(&action), expected);
+    let again = on_response(&h, Some("k-free"), 200, &[]).await;
+    assert_eq!(set_headers(&again), expected, "nothing was spent");
+    // Added after a policy's headers already present (a native policy's).
+    let native = [
+        ("ratelimit-policy", r#""site";q=100;w=2"#),
+        ("ratelimit", r#""site";r=99;t=1"#),
+    ];
+    let action = on_response(&h, None, 200, &native).await;
+    let expected = [
+        ("ratelimit-policy", r#""site";q=100;w=2"#),
+        ("ratelimit-policy", r#""api-anon";q=2;w=2"#),
+        ("ratelimit", r#""site";r=99;t=1"#),
+        ("ratelimit", r#""api-anon";r=2;t=0"#),
+    ]
+    .map(|(n, v)| (n.to_owned(), v.to_owned()));
+    assert_eq!(set_headers(&action), expected);
+    // 429s (the module's own included) and exempt paths are left alone.
+    assert!(matches!(
+        on_response(&h, Some("k-free"), 429, &[]).await,
+        ResponseAction::Pass
+    ));
+    let (parts, env) = request("/api/health", None, IP_A);
+    let empty = HeaderMap::new();
+    let health = h
+        .module
+        .on_response(
+            RequestHead::new(&parts, "https", "h"),
+            ResponseParts {
+                status: StatusCode::OK,
+                headers: &empty,
+                body: None,
+            },
+            &env,
+        )
+        .await
+        .expect("on-response");
+    assert!(matches!(health, ResponseAction::Pass));
+}
