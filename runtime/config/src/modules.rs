@@ -198,7 +198,7 @@ pub(crate) fn build_module(
             );
             continue;
         }
-        config.insert(name.clone(), config_text(value));
+        flatten_config(name, value, &mut config);
     }
 
     if sink.error_count() > before {
@@ -384,6 +384,23 @@ pub(crate) fn fail_text(fail: FailPolicy) -> &'static str {
 /// A module `config` value as the module reads it: strings as they are;
 /// integers, floats, booleans and date-times as their TOML text; arrays
 /// and tables as compact JSON.
+/// Adds `value` under `key`: tables become dotted keys
+/// (`[config.consent] required = true` → `consent.required` = `"true"`), as
+/// the WIT `config` interface documents; everything else is one entry of
+/// [`config_text`].
+pub(crate) fn flatten_config(key: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        Value::Table(table) => {
+            for (sub, v) in table {
+                flatten_config(&format!("{key}.{sub}"), v, out);
+            }
+        }
+        other => {
+            out.insert(key.to_owned(), config_text(other));
+        }
+    }
+}
+
 pub(crate) fn config_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -478,6 +495,34 @@ mod tests {
     fn text(toml: &str) -> String {
         let table: toml::Table = format!("v = {toml}").parse().unwrap();
         config_text(&table["v"])
+    }
+
+    #[test]
+    fn nested_tables_become_dotted_keys() {
+        let table: toml::Table = r#"
+            cookie = "uid"
+            [consent]
+            required = true
+            cookies = ["_ga", "_fbp"]
+            [consent.banner]
+            text = "hi"
+        "#
+        .parse()
+        .unwrap();
+        let mut out = BTreeMap::new();
+        for (k, v) in &table {
+            flatten_config(k, v, &mut out);
+        }
+        let got: Vec<(&str, &str)> = out.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("consent.banner.text", "hi"),
+                ("consent.cookies", r#"["_ga","_fbp"]"#),
+                ("consent.required", "true"),
+                ("cookie", "uid"),
+            ]
+        );
     }
 
     #[test]

@@ -236,7 +236,8 @@ backends = ["api"]
         config,
         [
             ("banner", "gdpr"),
-            ("copy", r#"{"lines":3,"title":"Privacy"}"#),
+            ("copy.lines", "3"),
+            ("copy.title", "Privacy"),
             ("levels", "[3]"),
             ("strict", "true"),
         ],
