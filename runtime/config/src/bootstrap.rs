@@ -237,6 +237,19 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
         .into_iter()
         .map(|cidr| cidr.0)
         .collect();
+    let country_header = match node.country_header.as_deref() {
+        None => None,
+        Some(name) => match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) if !name.is_empty() => Some(h),
+            _ => {
+                sink.push(
+                    &Key::root().field("node").field("country_header"),
+                    format!("expected a header name like \"cf-ipcountry\", found {name:?}"),
+                );
+                None
+            }
+        },
+    };
     let location = location_known.then(|| EdgeLocation {
         region: region.clone(),
         edge_config: edge_config.clone(),
@@ -451,6 +464,7 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
         },
         limits,
         trusted_proxies,
+        country_header,
         edge_config,
         regions_dir,
         cache,

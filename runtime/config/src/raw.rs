@@ -34,6 +34,7 @@ pub(crate) struct RawNode {
     pub edge_config: Option<String>,
     pub regions_dir: Option<String>,
     pub trusted_proxies: Option<Vec<Cidr>>,
+    pub country_header: Option<String>,
 }
 
 /// One `[[listen]]` entry.

@@ -79,6 +79,9 @@ fn render_bootstrap(doc: &mut Doc, b: &Bootstrap) {
     doc.path("regions_dir", &b.regions_dir);
     let proxies: Vec<String> = b.trusted_proxies.iter().map(ToString::to_string).collect();
     doc.strings("trusted_proxies", &proxies);
+    if let Some(h) = &b.country_header {
+        doc.string("country_header", h.as_str());
+    }
 
     for listener in &b.listeners {
         doc.table("[[listen]]");

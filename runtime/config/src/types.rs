@@ -26,6 +26,11 @@ pub struct Bootstrap {
     pub limits: Limits,
     /// Peers whose `X-Forwarded-For` / `Forwarded` / PROXY header is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// A request header carrying the client's country (ISO 3166-1 alpha-2),
+    /// set by a trusted proxy or load balancer in front of the node
+    /// (`[node] country_header = "cf-ipcountry"`). Believed only when the
+    /// request comes from one of `trusted_proxies`.
+    pub country_header: Option<http::HeaderName>,
     /// Where the activated edge config is read from in local mode.
     pub edge_config: PathBuf,
     /// Directory holding one `<region>.toml` overlay per region.

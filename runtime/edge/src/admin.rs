@@ -104,6 +104,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     }
 }
 
+/// Consecutive failures after which `/readyz` flags a module as failing.
+const FAILING_AFTER: u64 = 5;
+
 /// Purge requests are small JSON documents.
 const MAX_PURGE_BODY: usize = 64 * 1024;
 
@@ -216,6 +219,24 @@ fn readyz(shared: &Shared) -> Response<Body> {
             "errors": o.errors,
         })
     });
+    // A module that keeps failing shows here; it does not make the node
+    // unready (its route's fail policy already decides what clients see).
+    let modules: Vec<serde_json::Value> = shared
+        .wasm
+        .started()
+        .map(|engine| engine.module_stats())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, s)| {
+            json!({
+                "name": name,
+                "calls": s.calls,
+                "failures": s.total_failures(),
+                "consecutive_failures": s.consecutive_failures,
+                "failing": s.consecutive_failures >= FAILING_AFTER,
+            })
+        })
+        .collect();
     let body = json!({
         "ready": ready,
         "reason": reason,
@@ -227,6 +248,7 @@ fn readyz(shared: &Shared) -> Response<Body> {
         },
         "last_reload": last_reload,
         "listeners": status.listeners,
+        "modules": modules,
     });
     json(
         if ready {

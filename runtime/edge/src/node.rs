@@ -54,6 +54,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
+    pub country_header: Option<http::HeaderName>,
     pub region: String,
     /// The region as Wasm modules see it (one shared allocation).
     pub region_id: Arc<str>,
@@ -326,6 +327,7 @@ impl Node {
             wasm,
             limits: bootstrap.limits.clone(),
             trusted_proxies: bootstrap.trusted_proxies.clone(),
+            country_header: bootstrap.country_header.clone(),
             region: bootstrap.region.clone(),
             region_id: Arc::from(bootstrap.region.as_str()),
             admin_token: bootstrap.admin.token.clone(),

@@ -69,7 +69,7 @@ pub async fn handle(
         host,
         authority,
         user_id: None,
-        country: None,
+        country: country(&shared, conn.peer.ip(), req.headers()),
     };
     let mut ctx = ctx;
     let method = req.method().clone();
@@ -207,6 +207,18 @@ async fn dispatch(
             (resp, None)
         }
     }
+}
+
+/// The client's country from the configured header, believed only from a
+/// trusted proxy and only as two ASCII letters.
+fn country(shared: &Shared, peer: std::net::IpAddr, headers: &http::HeaderMap) -> Option<String> {
+    let name = shared.country_header.as_ref()?;
+    if !client_addr::is_trusted(peer.to_canonical(), &shared.trusted_proxies) {
+        return None;
+    }
+    let value = headers.get(name)?.to_str().ok()?.trim();
+    (value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic()))
+        .then(|| value.to_ascii_uppercase())
 }
 
 /// What Wasm modules learn about the client.
