@@ -1,7 +1,10 @@
 //! The `cathedral` binary: command line, logging, signals. Everything else
 //! lives in the library crates.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration
+//! (and, for `module check`, a component that fits no world).
+
+mod quick;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cathedral_config::{Bootstrap, ConfigErrors, EdgeConfig, Overrides};
 use cathedral_edge::{ConfigSource, Node};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
 const DEFAULT_CONFIG: &str = "edge-config/node.toml";
@@ -38,12 +41,16 @@ enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// WebAssembly modules (components) for filters and handlers.
+    #[command(subcommand)]
+    Module(ModuleCommand),
     /// TLS helpers.
     #[command(subcommand)]
     Tls(TlsCommand),
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("quick").args(["upstream", "handler"])))]
 struct ServeArgs {
     /// Bootstrap config file (it names the edge config and the regions directory).
     #[arg(long, value_name = "FILE")]
@@ -70,8 +77,19 @@ struct ServeArgs {
     admin_token: Option<String>,
     /// Quick mode: one catch-all route proxying to this origin, everything
     /// else at defaults (like varnishd -b).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "handler")]
     upstream: Option<String>,
+    /// Quick mode: one catch-all route answered by this `handler` component
+    /// (a wasi:http/proxy component, as `wasmtime serve FILE.wasm` runs it).
+    /// Its outgoing requests are refused. SIGHUP reloads the file.
+    #[arg(long, value_name = "FILE.wasm")]
+    handler: Option<PathBuf>,
+    /// A `filter` component on the quick route of --upstream or --handler.
+    /// Repeatable: on-request runs in the order given, on-response in
+    /// reverse. Each fails closed (a failing filter answers 503) and sees
+    /// response heads, not bodies. SIGHUP reloads the files.
+    #[arg(long = "filter", value_name = "FILE.wasm", requires = "quick")]
+    filters: Vec<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -99,6 +117,21 @@ enum ConfigCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ModuleCommand {
+    /// Check whether a component fits the `filter` or the `handler` world.
+    ///
+    /// Prints the world it fits, or for each world the import or export that
+    /// is wrong, then its blake3, size, imports and exports. Exits 0 when it
+    /// fits a world, 2 when it fits neither, cannot be read or is not a
+    /// WebAssembly component.
+    Check {
+        /// The component (.wasm).
+        #[arg(value_name = "FILE.wasm")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TlsCommand {
     /// Write a self-signed development certificate and key (cert.pem, key.pem).
     SelfSigned {
@@ -116,6 +149,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Config(ConfigCommand::Check { config, region }) => config_check(&config, region),
+        Command::Module(ModuleCommand::Check { file }) => module_check(&file),
         Command::Tls(TlsCommand::SelfSigned { out, names }) => match self_signed(&out, names) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -133,11 +167,80 @@ fn config_check(config: &Path, region: Option<String>) -> ExitCode {
     };
     match cathedral_config::load(config, &overrides) {
         Ok((bootstrap, edge)) => {
-            print!("{}", cathedral_config::render_effective(&bootstrap, &edge));
+            print_stdout(&cathedral_config::render_effective(&bootstrap, &edge));
             ExitCode::SUCCESS
         }
         Err(errors) => config_failure(&errors),
     }
+}
+
+fn module_check(file: &Path) -> ExitCode {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(problem) = not_a_component(&bytes) {
+        eprintln!("error: {}: {problem}", file.display());
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cathedral_wasm::check_component(bytes)) {
+        Ok(report) => {
+            print_stdout(&report.to_string());
+            if report.kind().is_some() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(e @ cathedral_wasm::Error::Engine { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        Err(cathedral_wasm::Error::Load { reason, .. }) => {
+            eprintln!("error: {}: not a valid component: {reason}", file.display());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Why `bytes` cannot be a WebAssembly component, when the header already
+/// says so: not WebAssembly at all, or a core module (which needs wrapping).
+fn not_a_component(bytes: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE: &[u8] = &[1, 0, 0, 0];
+    if !bytes.starts_with(MAGIC) {
+        return Some("not a WebAssembly file (no \\0asm header)");
+    }
+    if bytes.get(4..8) == Some(CORE_MODULE) {
+        return Some(
+            "a core WebAssembly module, not a component: build it for wasm32-wasip2, \
+             or make it a component with `wasm-tools component new`",
+        );
+    }
+    None
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print_stdout(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn config_failure(errors: &ConfigErrors) -> ExitCode {
@@ -179,8 +282,13 @@ fn serve(args: ServeArgs) -> ExitCode {
         admin_listen: args.admin_listen,
         admin_token: args.admin_token.clone(),
     };
-    let loaded = match &args.upstream {
-        Some(url) => quick_mode(url, args.config.as_deref(), &overrides),
+    let quick = match (&args.upstream, &args.handler) {
+        (Some(url), _) => Some(quick::QuickTarget::Upstream(url.clone())),
+        (None, Some(file)) => Some(quick::QuickTarget::Handler(file.clone())),
+        (None, None) => None,
+    };
+    let loaded = match &quick {
+        Some(target) => quick_mode(target, &args.filters, args.config.as_deref(), &overrides),
         None => {
             let path = args
                 .config
@@ -221,8 +329,12 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 type Loaded = (Bootstrap, EdgeConfig, Arc<dyn ConfigSource>);
 
+/// Quick mode: the edge config comes from the command line. The bootstrap is
+/// `--config` if given (with its Wasm artifact cache), else the built-in
+/// defaults (no artifact cache: modules are compiled at every start).
 fn quick_mode(
-    url: &str,
+    target: &quick::QuickTarget,
+    filters: &[PathBuf],
     config: Option<&Path>,
     overrides: &Overrides,
 ) -> Result<Loaded, ConfigErrors> {
@@ -230,7 +342,12 @@ fn quick_mode(
         Some(path) => cathedral_config::load_bootstrap(path, overrides)?,
         None => cathedral_config::default_bootstrap(overrides)?,
     };
-    let edge = cathedral_config::quick_upstream(url, &bootstrap.region)?;
+    let edge = quick::edge_config(
+        target,
+        filters,
+        &bootstrap.region,
+        bootstrap.wasm.max_memory_bytes,
+    )?;
     let source: Arc<dyn ConfigSource> = Arc::new(FixedSource(edge.clone()));
     Ok((bootstrap, edge, source))
 }

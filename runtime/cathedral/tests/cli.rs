@@ -1,5 +1,6 @@
 //! The `cathedral` binary as operators run it: exit codes, `config check`,
-//! quick mode, SIGHUP reload and SIGTERM shutdown.
+//! `module check`, quick modes (`--upstream`, `--handler`, `--filter`),
+//! SIGHUP reload and SIGTERM shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -9,6 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use cathedral_e2e::{Origin, PATIENCE, get};
+use cathedral_wasm_test_artifacts as guests;
 
 fn cathedral() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cathedral"))
@@ -91,6 +93,8 @@ fn help_everywhere() {
         &["--help"][..],
         &["serve", "--help"],
         &["config", "check", "--help"],
+        &["module", "--help"],
+        &["module", "check", "--help"],
         &["tls", "self-signed", "--help"],
     ] {
         let out = cathedral().args(args).output().unwrap();
@@ -289,5 +293,173 @@ async fn sighup_reloads_the_files() {
     assert_eq!(headers["x-label"], "second");
 
     served.signal("-INT");
+    assert_eq!(tokio::task::block_in_place(|| served.wait_exit()), Some(0));
+}
+
+/// `cathedral module check FILE`: exit status, stdout and stderr.
+fn module_check(file: &str) -> (Option<i32>, String, String) {
+    let out = cathedral()
+        .args(["module", "check", file])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn module_check_recognises_a_filter() {
+    let (code, out, err) = module_check(guests::PERSONALIZE);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.starts_with("ok: a filter (cathedral:edge/filter@0.1.0)"),
+        "{out}"
+    );
+    assert!(out.contains("  on-request\n"), "exports listed: {out}");
+    assert!(
+        out.contains("  cathedral:edge/config@0.1.0\n"),
+        "imports listed: {out}"
+    );
+}
+
+#[test]
+fn module_check_recognises_a_handler() {
+    let (code, out, err) = module_check(guests::HELLO_HANDLER);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("ok: a handler"), "{out}");
+    assert!(out.contains("wasi:http/incoming-handler"), "{out}");
+}
+
+#[test]
+fn module_check_names_the_import_we_do_not_provide() {
+    let (code, out, _) = module_check(guests::BAD_IMPORT);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.starts_with("error: fits neither world"), "{out}");
+    let why = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("not a filter:"))
+        .expect("why it is not a filter");
+    assert!(why.contains("`fixture:secrets/vault`"), "{why}");
+}
+
+#[test]
+fn module_check_refuses_what_is_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "not wasm").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    for (file, needle) in [
+        (&text, "not a WebAssembly file"),
+        (&core, "a core WebAssembly module, not a component"),
+        (&dir.path().join("missing.wasm"), "cannot read"),
+    ] {
+        let (code, out, err) = module_check(file.to_str().unwrap());
+        assert_eq!(code, Some(2), "{file:?}: {out}{err}");
+        assert!(err.contains(needle), "{file:?}: {err}");
+    }
+}
+
+#[test]
+fn quick_module_flags_are_checked() {
+    // --filter needs a quick route; --handler and --upstream exclude each other.
+    let out = cathedral()
+        .args(["serve", "--filter", guests::PERSONALIZE])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cathedral()
+        .args(["serve", "--handler", guests::HELLO_HANDLER])
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    // A file that is not there is a command-line error.
+    let out = cathedral()
+        .args(["serve", "--upstream", "http://127.0.0.1:9"])
+        .args(["--filter", "/no/such/filter.wasm"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("<command line>: filter[0]: cannot read /no/such/filter.wasm"),
+        "{err}"
+    );
+}
+
+/// Starts a quick-mode node with `args`; returns it with its public and
+/// admin base URLs.
+fn quick(args: &[&str]) -> (Served, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    let served = Served::start(&all, None);
+    let (base, admin) = tokio::task::block_in_place(|| {
+        let serving = served.wait_for("serving");
+        let admin = served.wait_for("admin API");
+        (
+            serving["url"].as_str().unwrap().to_owned(),
+            admin["url"].as_str().unwrap().to_owned(),
+        )
+    });
+    (served, base, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_handler_answers_every_request_with_the_component() {
+    let (mut served, base, _) = quick(&["--handler", guests::HELLO_HANDLER]);
+    for path in ["/", "/any/path?q=1"] {
+        let (status, headers, body) = get(&format!("{base}{path}")).await;
+        assert_eq!(status.as_u16(), 200, "{body}");
+        assert_eq!(body, format!("hello from a wasi:http handler {path}\n"));
+        assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    }
+    // The quick handler has no backends: it can call nothing.
+    let (status, _, body) = get(&format!("{base}/fetch?url=http://127.0.0.1:9/")).await;
+    assert_eq!(status.as_u16(), 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+
+    served.signal("-TERM");
+    assert_eq!(tokio::task::block_in_place(|| served.wait_exit()), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_upstream_runs_filters_on_the_quick_route() {
+    let origin = Origin::start().await;
+    let url = origin.url();
+    let (mut served, base, admin) = quick(&["--upstream", &url, "--filter", guests::PERSONALIZE]);
+    let (status, _, body) = get(&format!("{base}/hello")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "origin:/hello"));
+    // One request: personalize's on-request and on-response, both clean.
+    let (_, _, metrics) = get(&format!("{admin}/metrics")).await;
+    assert!(
+        metrics.contains("cathedral_module_calls_total{module=\"personalize\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("cathedral_module_errors_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    served.signal("-TERM");
+    assert_eq!(tokio::task::block_in_place(|| served.wait_exit()), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_filters_fail_closed() {
+    let origin = Origin::start().await;
+    let url = origin.url();
+    let (mut served, base, _) = quick(&["--upstream", &url, "--filter", guests::INFINITE_LOOP]);
+    let (status, _, body) = get(&format!("{base}/x")).await;
+    assert_eq!(status.as_u16(), 503, "{body}");
+    assert!(body.contains("fixture_infinite_loop"), "{body}");
+    assert_eq!(origin.requests(), 0, "a failed filter stops the request");
+
+    served.signal("-TERM");
     assert_eq!(tokio::task::block_in_place(|| served.wait_exit()), Some(0));
 }
