@@ -87,7 +87,8 @@
 //! policy. The crate has no metrics dependency: it **counts** every call and
 //! failure itself, per module *name*, in counters the engine keeps across
 //! activations ([`WasmEngine::module_stats`], [`Module::stats`]), and logs
-//! each failure (`warn`, with `module` and `kind`). The node exports those
+//! failures (`warn`, with `module` and `kind`; at most 10 per second per
+//! module, the rest counted in the next line). The node exports those
 //! counters at scrape time as `cathedral_module_errors_total{module,kind}`
 //! (so failures after a handler's response head, which never reach the
 //! caller as an `Err`, are counted too) and shows

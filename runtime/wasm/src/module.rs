@@ -309,19 +309,14 @@ impl Call {
     }
 }
 
-/// Counts a call's outcome and logs a failure.
+/// Counts a call's outcome and logs a failure (rate-bounded).
 pub(crate) fn report(module: &Module, failure: Option<&Error>) {
     let stats = &module.loaded.stats;
     match failure {
         None => stats.success(),
         Some(e) => {
             stats.failure(e.kind());
-            tracing::warn!(
-                module = %module.loaded.name,
-                kind = e.kind().as_str(),
-                error = %e,
-                "module call failed"
-            );
+            module.loaded.sink.failure(e);
         }
     }
 }

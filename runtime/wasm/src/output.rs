@@ -64,7 +64,18 @@ pub(crate) struct LogSink {
     /// Lines dropped since the last line admitted.
     unreported: AtomicU64,
     max_line: usize,
+    /// The host's own warnings about this module's failed calls: counted
+    /// always, logged at most [`FAILURE_LOG_RATE`].
+    failures: Gcra,
+    unreported_failures: AtomicU64,
 }
+
+/// The most "module call failed" warnings per module: 10 per second, bursts
+/// of 20. (Every failure is counted in [`ModuleStats`] regardless.)
+const FAILURE_LOG_RATE: LogRate = LogRate {
+    per_second: 10,
+    burst: 20,
+};
 
 impl LogSink {
     pub(crate) fn new(module: Arc<str>, stats: Arc<ModuleStats>, config: &EngineConfig) -> Self {
@@ -74,7 +85,26 @@ impl LogSink {
             bucket: Gcra::new(config.log_rate),
             unreported: AtomicU64::new(0),
             max_line: config.max_log_line,
+            failures: Gcra::new(FAILURE_LOG_RATE),
+            unreported_failures: AtomicU64::new(0),
         }
+    }
+
+    /// Logs a failed call (`warn`, with `module` and `kind`), rate-bounded:
+    /// a module failing on every request must not flood the logs.
+    pub(crate) fn failure(&self, error: &crate::Error) {
+        if !self.failures.admit() {
+            self.unreported_failures.fetch_add(1, Relaxed);
+            return;
+        }
+        let unlogged = self.unreported_failures.swap(0, Relaxed);
+        tracing::warn!(
+            module = %self.module,
+            kind = error.kind().as_str(),
+            error = %error,
+            unlogged_failures_before = unlogged,
+            "module call failed"
+        );
     }
 
     /// Logs one line, unless the module is over its rate.
@@ -383,6 +413,19 @@ mod tests {
         let snap = stats.snapshot();
         assert_eq!(snap.log_lines, 5);
         assert_eq!(snap.log_lines_dropped, 15);
+    }
+
+    #[test]
+    fn failure_warnings_are_rate_bounded() {
+        let (sink, _stats) = sink(1000, 1000);
+        let e = crate::Error::guest(&Arc::from("m"), "bad");
+        for _ in 0..100 {
+            sink.failure(&e);
+        }
+        // A burst of 20 logged, the rest only counted (a second can hardly
+        // pass in between, but allow for one more admission per 100 ms).
+        let unlogged = sink.unreported_failures.load(Relaxed);
+        assert!((75..=80).contains(&unlogged), "{unlogged}");
     }
 
     #[test]
