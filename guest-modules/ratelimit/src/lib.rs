@@ -26,13 +26,15 @@
 //!
 //! # Config
 //!
-//! The node hands `[modules.<name>.config]` over as strings, tables and
-//! arrays as compact JSON; the keys read here are all top-level:
+//! The node hands `[modules.<name>.config]` over as strings: numbers as
+//! their text, arrays as compact JSON, and tables flattened into dotted keys
+//! (`[modules.ratelimit.config.tiers.pro]` with `policy = "api-pro"` is the
+//! key `tiers.pro.policy`). The keys read here:
 //!
 //! | key | value | default |
 //! |---|---|---|
-//! | `tiers` | table of tiers, each `{ policy, keys, quota, window }` (below) | none: every request is anonymous |
-//! | `anonymous` | `{ policy, quota, window }` for requests without a known key | none: anonymous requests are not limited |
+//! | `tiers.<tier>.policy`, `.keys`, `.quota`, `.window` | one tier per `<tier>` (below) | no tiers: every request is anonymous |
+//! | `anonymous.policy`, `.quota`, `.window` | the policy for requests without a known key (below) | no `anonymous.policy`: anonymous requests are not limited |
 //! | `api_key_header` | the request header carrying the API key | `x-api-key` |
 //! | `exempt` | path prefixes never limited: array (or comma-separated text) | none |
 //! | `headers` | `"limited"`: RateLimit headers on 429s only; `"always"`: on allowed responses too | `"limited"` |
@@ -42,14 +44,17 @@
 //!
 //! * `policy`: the node's `[rate_limits.<name>]` policy to check. The module
 //!   must be granted it (`[modules.<name>] rate_limits`).
-//! * `keys`: the API keys of the tier (tiers only). A key should be listed
-//!   once; if several tiers list it, the first tier by name wins.
-//! * `quota`, `window`: what `RateLimit-Policy` announces (`q` and `w`). The
-//!   module cannot read the policy's settings, so state them: `quota` is the
-//!   policy's `burst` and `window` the seconds an empty bucket takes to
-//!   refill (`per / rate × burst`, rounded up) — what the node announces
-//!   for the same policy natively. Without both, `RateLimit-Policy` is left
-//!   out.
+//! * `keys`: the API keys of the tier, an array of strings (tiers only). A
+//!   key should be listed once; if several tiers list it, the first tier by
+//!   name wins.
+//! * `quota`, `window`: what `RateLimit-Policy` announces (`q` and `w`),
+//!   whole numbers. The module cannot read the policy's settings, so state
+//!   them: `quota` is the policy's `burst` and `window` the seconds an empty
+//!   bucket takes to refill (`per / rate × burst`, rounded up) — what the
+//!   node announces for the same policy natively. Without both,
+//!   `RateLimit-Policy` is left out.
+//!
+//! In `edge-config/edge.toml`:
 //!
 //! ```toml
 //! [rate_limits.api-anon]
@@ -72,7 +77,11 @@
 //! [modules.ratelimit.config]
 //! api_key_header = "x-api-key"
 //! exempt = ["/api/health"]
-//! anonymous = { policy = "api-anon", quota = 20, window = 2 }
+//!
+//! [modules.ratelimit.config.anonymous]
+//! policy = "api-anon"
+//! quota = 20
+//! window = 2
 //!
 //! [modules.ratelimit.config.tiers.free]
 //! policy = "api-free"
@@ -87,8 +96,14 @@
 //! window = 2
 //! ```
 //!
-//! The module then reads `tiers` as
-//! `{"free":{"keys":["k-alice","k-bob"],"policy":"api-free","quota":10,"window":10},"pro":{…}}`.
+//! The module then reads `anonymous.policy` = `api-anon`,
+//! `anonymous.quota` = `20`, `tiers.free.keys` = `["k-alice","k-bob"]`,
+//! `tiers.pro.window` = `2`, and so on. Inline tables and dotted keys give
+//! the same keys (`anonymous = { policy = "api-anon", quota = 20, window = 2 }`
+//! inside `[modules.ratelimit.config]`), and a region overlay can change a
+//! single one (`[modules.ratelimit.config.tiers.pro]` with `quota = 100`).
+//! A tier's name may contain dots if quoted (`tiers."gold.eu"`): the field
+//! is what follows the last dot.
 //!
 //! # A refused request
 //!
@@ -118,11 +133,13 @@
 //! Inside the module, trouble lets the request through and logs a warning
 //! (the `log` interface; API keys are never logged): a policy the module is
 //! not granted or the node does not know (`unknown-policy`), any other
-//! error from the host, and config it cannot read (`tiers` or `anonymous`
-//! that is not a JSON table, a tier without `policy`). The module never
-//! panics on a request; put it on routes with `fail = "open"` so that a
-//! failure of the module itself (say, a timeout) lets requests through too.
+//! error from the host, and config it cannot read: `tiers` or `anonymous`
+//! given as one value rather than a table (say, a JSON string), a tier or
+//! `anonymous` without `policy`. The module never panics on a request; put
+//! it on routes with `fail = "open"` so that a failure of the module itself
+//! (say, a timeout) lets requests through too.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use cathedral_sdk::host::rate_limit::{self, Decision};
@@ -130,7 +147,7 @@ use cathedral_sdk::{
     Client, Filter, RequestAction, RequestHead, Response, ResponseAction, ResponseEdit, fields,
     log, settings,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// The largest sf-integer (RFC 9651 §3.3.1).
 const SF_INTEGER_MAX: u64 = 999_999_999_999_999;
@@ -150,11 +167,15 @@ struct Limit {
     key: String,
 }
 
+/// A tier's (or `anonymous`'s) fields as the config gives them:
+/// `policy` → `api-pro`, `keys` → `["k1","k2"]`, `quota` → `100`.
+type Fields = BTreeMap<String, String>;
+
 impl Policy {
-    /// From a tier's (or `anonymous`'s) table; `None` without a `policy`.
-    fn from_table(table: &Map<String, Value>) -> Option<Self> {
-        let name = table.get("policy")?.as_str()?.to_owned();
-        let number = |field| table.get(field).and_then(Value::as_u64);
+    /// From a tier's (or `anonymous`'s) fields; `None` without a `policy`.
+    fn from_fields(fields: &Fields) -> Option<Self> {
+        let name = fields.get("policy")?.clone();
+        let number = |field| fields.get(field).and_then(|v| v.trim().parse::<u64>().ok());
         Some(Self {
             name,
             announced: number("quota").zip(number("window")),
@@ -179,21 +200,51 @@ impl Policy {
     }
 }
 
-/// A config value that should be a JSON table: `Ok(None)` when absent,
-/// `Err` (logged) when it is something else.
-fn table(key: &str) -> Result<Option<Map<String, Value>>, ()> {
-    let Some(text) = settings::string(key) else {
-        return Ok(None);
-    };
-    match serde_json::from_str(&text) {
-        Ok(Value::Object(map)) => Ok(Some(map)),
-        _ => {
-            log::warn(&format!(
-                "config `{key}` is not a table; requests are let through"
-            ));
-            Err(())
+/// The fields of the config table `name` (`name.<field>` keys):
+/// `Ok(None)` when there are none, `Err` (logged) when `name` is a single
+/// value instead of a table.
+fn table(name: &str) -> Result<Option<Fields>, ()> {
+    ensure_table(name)?;
+    let fields: Fields = settings::under(name).into_iter().collect();
+    Ok((!fields.is_empty()).then_some(fields))
+}
+
+/// The tiers by name (`tiers.<tier>.<field>` keys; the field is what follows
+/// the last dot): `Err` (logged) when `tiers` is a single value instead of
+/// a table.
+fn tiers() -> Result<BTreeMap<String, Fields>, ()> {
+    ensure_table("tiers")?;
+    let mut tiers: BTreeMap<String, Fields> = BTreeMap::new();
+    for (rest, value) in settings::under("tiers") {
+        if let Some((tier, field)) = rest.rsplit_once('.') {
+            tiers
+                .entry(tier.to_owned())
+                .or_default()
+                .insert(field.to_owned(), value);
         }
     }
+    Ok(tiers)
+}
+
+/// `Err` (logged) when the config has `name` as a single value, where the
+/// module expects a table (whose keys would be `name.<field>`).
+fn ensure_table(name: &str) -> Result<(), ()> {
+    if settings::string(name).is_none() {
+        return Ok(());
+    }
+    log::warn(&format!(
+        "config `{name}` is not a table; requests are let through"
+    ));
+    Err(())
+}
+
+/// Whether the tier lists `api_key` in its `keys` (a JSON array of strings).
+fn lists(tier: &Fields, api_key: &str) -> bool {
+    tier.get("keys")
+        .and_then(|keys| serde_json::from_str::<Value>(keys).ok())
+        .as_ref()
+        .and_then(Value::as_array)
+        .is_some_and(|keys| keys.iter().any(|k| k.as_str() == Some(api_key)))
 }
 
 /// The policy and key this request is counted under; `None` when it is not
@@ -214,14 +265,9 @@ fn limit_for(request: &RequestHead, client: &Client) -> Option<Limit> {
         .map(str::trim)
         .filter(|k| !k.is_empty());
     if let Some(api_key) = api_key {
-        let tiers = table("tiers").ok()?.unwrap_or_default();
-        let listed = |tier: &Value| {
-            tier.get("keys")
-                .and_then(Value::as_array)
-                .is_some_and(|keys| keys.iter().any(|k| k.as_str() == Some(api_key)))
-        };
-        if let Some((name, tier)) = tiers.iter().find(|(_, tier)| listed(tier)) {
-            let Some(policy) = tier.as_object().and_then(Policy::from_table) else {
+        let tiers = tiers().ok()?;
+        if let Some((name, tier)) = tiers.iter().find(|(_, tier)| lists(tier, api_key)) {
+            let Some(policy) = Policy::from_fields(tier) else {
                 log::warn(&format!(
                     "tier `{name}` names no policy; requests are let through"
                 ));
@@ -234,7 +280,7 @@ fn limit_for(request: &RequestHead, client: &Client) -> Option<Limit> {
         }
     }
     let anonymous = table("anonymous").ok()??;
-    let Some(policy) = Policy::from_table(&anonymous) else {
+    let Some(policy) = Policy::from_fields(&anonymous) else {
         log::warn("config `anonymous` names no policy; requests are let through");
         return None;
     };

@@ -3,15 +3,23 @@
 //! `cathedral_limits::Limiter`s on one fake clock, so every decision, header
 //! and refill is deterministic.
 //!
+//! The module's config is written as an operator writes it in
+//! `edge-config/edge.toml` and goes through the node's own validation
+//! (`cathedral_config::parse_edge`), which flattens the config's tables into
+//! the dotted keys the module reads; the limiters follow the parsed
+//! `[rate_limits.*]` policies.
+//!
 //! Policies: `api-anon` 1/s, burst 2 (anonymous clients, per IP);
 //! `api-free` 1 per 10 s, burst 3; `api-pro` 10/s, burst 10.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use cathedral_config::{EdgeConfig, Source, parse_edge};
 use cathedral_limits::clock::FakeRelativeClock;
 use cathedral_limits::{Limiter, PolicySpec, Quota};
 use cathedral_wasm::{
@@ -21,14 +29,94 @@ use cathedral_wasm::{
 use cathedral_wasm_test_artifacts as guests;
 use http::{HeaderMap, StatusCode};
 
-const TIERS: &str = r#"{"free":{"keys":["k-free"],"policy":"api-free","quota":3,"window":30},"pro":{"keys":["k-pro-1","k-pro-2"],"policy":"api-pro","quota":10,"window":1}}"#;
-const ANONYMOUS: &str = r#"{"policy":"api-anon","quota":2,"window":2}"#;
-const CONFIG: &[(&str, &str)] = &[
-    ("api_key_header", "x-api-key"),
-    ("exempt", r#"["/api/health","/status/"]"#),
-    ("anonymous", ANONYMOUS),
-    ("tiers", TIERS),
-];
+/// The edge config around the module's `config`: its policies and the
+/// module, granted them.
+const EDGE: &str = r#"
+[rate_limits.api-anon]
+rate = 1
+burst = 2
+
+[rate_limits.api-free]
+rate = 1
+per = "10s"
+burst = 3
+
+[rate_limits.api-pro]
+rate = 10
+
+[modules.ratelimit]
+path = "modules/ratelimit.wasm"
+rate_limits = ["api-anon", "api-free", "api-pro"]
+"#;
+
+/// The module's config with `top` as the first lines of
+/// `[modules.ratelimit.config]`.
+fn config_with(top: &str) -> String {
+    format!(
+        r#"
+[modules.ratelimit.config]
+{top}
+exempt = ["/api/health", "/status/"]
+
+[modules.ratelimit.config.anonymous]
+policy = "api-anon"
+quota = 2
+window = 2
+
+[modules.ratelimit.config.tiers.free]
+policy = "api-free"
+keys = ["k-free"]
+quota = 3
+window = 30
+
+[modules.ratelimit.config.tiers.pro]
+policy = "api-pro"
+keys = ["k-pro-1", "k-pro-2"]
+quota = 10
+window = 1
+"#
+    )
+}
+
+/// The config most tests use.
+fn config() -> String {
+    config_with(r#"api_key_header = "x-api-key""#)
+}
+
+/// A directory standing for `edge-config/`: `modules/ratelimit.wasm` is the
+/// guest, so the config's `path` resolves to it.
+fn config_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("modules")).expect("mkdir modules");
+        std::fs::copy(guests::RATELIMIT, dir.path().join("modules/ratelimit.wasm"))
+            .expect("copy the ratelimit guest");
+        dir
+    })
+    .path()
+}
+
+/// `text` (an edge config) through the node's validation.
+fn parse(text: &str) -> EdgeConfig {
+    let source = Source {
+        name: Path::new("edge.toml"),
+        text,
+        base_dir: config_dir(),
+    };
+    parse_edge(source, None, "eu-central-1").unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// [`EDGE`] with `config` (the module's `[modules.ratelimit.config]` and
+/// its subtables) through the node's validation.
+fn edge(config: &str) -> EdgeConfig {
+    parse(&format!("{EDGE}{config}"))
+}
+
+/// The strings the node hands the module for `config`.
+fn node_config(config: &str) -> ModuleConfig {
+    ModuleConfig::new(edge(config).modules["ratelimit"].config.clone())
+}
 
 const IP_A: &str = "203.0.113.7";
 const IP_B: &str = "198.51.100.23";
@@ -51,29 +139,31 @@ fn shared_cache() -> PathBuf {
         .to_path_buf()
 }
 
-fn limiter(
-    name: &str,
-    rate: u32,
-    period: Duration,
-    burst: u32,
-    clock: &FakeRelativeClock,
-) -> Arc<FakeLimiter> {
+/// A limiter for the parsed policy `name`, on `clock`.
+fn limiter(edge: &EdgeConfig, name: &str, clock: &FakeRelativeClock) -> Arc<FakeLimiter> {
+    let policy = &edge.rate_limits[name];
     let nz = |n| NonZeroU32::new(n).expect("non-zero");
-    let quota = Quota::new(nz(rate), period, nz(burst)).expect("quota");
+    let quota = Quota::new(nz(policy.rate), policy.period, nz(policy.burst)).expect("quota");
     Arc::new(Limiter::with_clock(PolicySpec::new(name, quota), clock.clone()).expect("limiter"))
 }
 
 impl Harness {
-    async fn new(config: &[(&str, &str)]) -> Self {
+    /// The module with `config` (`[modules.ratelimit.config]` and its
+    /// subtables, as TOML), granted the three policies of [`EDGE`].
+    async fn new(config: &str) -> Self {
+        Self::load(&edge(config)).await
+    }
+
+    /// The module as `edge` configures it, granted its policies (which
+    /// include `api-anon` and `api-free`).
+    async fn load(edge: &EdgeConfig) -> Self {
+        let module_config = &edge.modules["ratelimit"];
         let clock = FakeRelativeClock::default();
-        let anon = limiter("api-anon", 1, Duration::from_secs(1), 2, &clock);
-        let free = limiter("api-free", 1, Duration::from_secs(10), 3, &clock);
-        let pro = limiter("api-pro", 10, Duration::from_secs(1), 10, &clock);
-        let granted: [(&str, Arc<dyn RateLimitPolicy>); 3] = [
-            ("api-anon", anon.clone()),
-            ("api-free", free.clone()),
-            ("api-pro", pro),
-        ];
+        let limiters: BTreeMap<&str, Arc<FakeLimiter>> = module_config
+            .rate_limits
+            .iter()
+            .map(|name| (name.as_str(), limiter(edge, name, &clock)))
+            .collect();
         let engine = WasmEngine::new(EngineConfig {
             pooling: Some(PoolingConfig {
                 max_instances: 16,
@@ -83,12 +173,16 @@ impl Harness {
             ..EngineConfig::default()
         })
         .expect("engine");
+        let granted = limiters.iter().map(|(name, limiter)| {
+            let policy: Arc<dyn RateLimitPolicy> = limiter.clone();
+            ((*name).to_owned(), policy)
+        });
         let settings = ModuleSettings {
-            config: config.iter().copied().collect::<ModuleConfig>(),
-            rate_limits: RateLimits::new(granted.map(|(name, p)| (name.to_owned(), p))),
+            config: ModuleConfig::new(module_config.config.clone()),
+            rate_limits: RateLimits::new(granted),
             ..ModuleSettings::default()
         };
-        let bytes = std::fs::read(guests::RATELIMIT).expect("read the ratelimit guest");
+        let bytes = std::fs::read(&module_config.path).expect("read the ratelimit guest");
         let module = engine
             .load("ratelimit", bytes, settings)
             .await
@@ -96,8 +190,8 @@ impl Harness {
         Self {
             module,
             clock,
-            anon,
-            free,
+            anon: limiters["api-anon"].clone(),
+            free: limiters["api-free"].clone(),
         }
     }
 
@@ -155,9 +249,106 @@ fn request(path: &str, key: Option<&str>, ip: &str) -> (http::request::Parts, Re
     (parts, env)
 }
 
+/// What the module reads: every value of a nested table under its dotted
+/// key, arrays as compact JSON, numbers as their text.
+#[test]
+fn the_node_hands_the_module_dotted_keys() {
+    let config = node_config(&config());
+    let expected = [
+        ("anonymous.policy", "api-anon"),
+        ("anonymous.quota", "2"),
+        ("anonymous.window", "2"),
+        ("api_key_header", "x-api-key"),
+        ("exempt", r#"["/api/health","/status/"]"#),
+        ("tiers.free.keys", r#"["k-free"]"#),
+        ("tiers.free.policy", "api-free"),
+        ("tiers.free.quota", "3"),
+        ("tiers.free.window", "30"),
+        ("tiers.pro.keys", r#"["k-pro-1","k-pro-2"]"#),
+        ("tiers.pro.policy", "api-pro"),
+        ("tiers.pro.quota", "10"),
+        ("tiers.pro.window", "1"),
+    ];
+    assert_eq!(config.iter().collect::<Vec<_>>(), expected);
+}
+
+/// The example in the module's crate docs, as an operator copies it into
+/// `edge-config/edge.toml`, is valid and does what the docs say.
+#[tokio::test]
+async fn the_documented_config_works() {
+    let docs = include_str!("../../../guest-modules/ratelimit/src/lib.rs");
+    let lines: Vec<&str> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .skip_while(|l| *l != "```toml")
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .collect();
+    let text = lines.join("\n");
+    assert!(
+        text.contains("[modules.ratelimit.config.tiers.pro]"),
+        "{text}"
+    );
+    let edge = parse(&text);
+    let h = Harness::load(&edge).await;
+
+    // api-free: burst 10 per key, then a 429 announcing what the node
+    // announces for the same policy natively.
+    assert_eq!(
+        h.allowed_of(12, "/api/orders", Some("k-bob"), IP_A).await,
+        10
+    );
+    let RequestAction::Respond(response) = h.request("/api/orders", Some("k-bob"), IP_A).await
+    else {
+        panic!("expected a 429");
+    };
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        h.free.policy_header()
+    );
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        r#""api-free";q=10;w=10"#
+    );
+    // api-pro for k-carol, api-anon (burst 20) for everyone else.
+    assert_eq!(
+        h.allowed_of(200, "/api/orders", Some("k-carol"), IP_A)
+            .await,
+        200
+    );
+    assert_eq!(h.refusing_policy(Some("k-carol"), IP_A).await, "api-pro");
+    assert_eq!(h.allowed_of(25, "/api/orders", None, IP_B).await, 20);
+    let RequestAction::Respond(response) = h.request("/api/orders", None, IP_B).await else {
+        panic!("expected a 429");
+    };
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        h.anon.policy_header()
+    );
+    // The health check is exempt.
+    assert_eq!(h.allowed_of(25, "/api/health", None, IP_B).await, 25);
+}
+
+/// Inline tables give the same keys as `[...]` tables, and a quoted tier
+/// name may contain dots.
+#[tokio::test]
+async fn inline_tables_and_dotted_tier_names() {
+    let h = Harness::new(
+        r#"
+[modules.ratelimit.config]
+anonymous = { policy = "api-anon", quota = 2, window = 2 }
+tiers."free.eu" = { policy = "api-free", keys = ["k-eu"] }
+"#,
+    )
+    .await;
+    assert_eq!(h.refusing_policy(Some("k-eu"), IP_A).await, "api-free");
+    assert_eq!(h.refusing_policy(None, IP_B).await, "api-anon");
+}
+
 #[tokio::test]
 async fn tiers_get_their_own_limits() {
-    let h = Harness::new(CONFIG).await;
+    let h = Harness::new(&config()).await;
     // Each tier's burst, then refusals.
     assert_eq!(
         h.allowed_of(5, "/api/orders", Some("k-free"), IP_A).await,
@@ -182,7 +373,7 @@ async fn tiers_get_their_own_limits() {
 
 #[tokio::test]
 async fn keys_in_the_header_map_to_their_tier() {
-    let h = Harness::new(CONFIG).await;
+    let h = Harness::new(&config()).await;
     assert_eq!(h.refusing_policy(Some("k-free"), IP_A).await, "api-free");
     assert_eq!(h.refusing_policy(Some("k-pro-2"), IP_A).await, "api-pro");
     // Surrounding whitespace is not part of the key.
@@ -202,9 +393,7 @@ async fn keys_in_the_header_map_to_their_tier() {
     );
 
     // The header's name comes from the config (matched case-insensitively).
-    let mut config = CONFIG.to_vec();
-    config[0] = ("api_key_header", "X-Customer-Key");
-    let custom = Harness::new(&config).await;
+    let custom = Harness::new(&config_with(r#"api_key_header = "X-Customer-Key""#)).await;
     let (mut parts, env) = request("/api/orders", Some("k-free"), IP_A);
     for _ in 0..2 {
         // x-api-key is not the header any more: anonymous, burst 2.
@@ -237,7 +426,7 @@ async fn keys_in_the_header_map_to_their_tier() {
 
 #[tokio::test]
 async fn anonymous_clients_are_limited_per_ip() {
-    let h = Harness::new(CONFIG).await;
+    let h = Harness::new(&config()).await;
     assert_eq!(h.allowed_of(5, "/api/orders", None, IP_A).await, 2);
     // Another IP is independent, and so is the first IP's tiered key.
     assert_eq!(h.allowed_of(5, "/api/orders", None, IP_B).await, 2);
@@ -257,7 +446,7 @@ async fn anonymous_clients_are_limited_per_ip() {
 
 #[tokio::test]
 async fn exempt_paths_are_never_limited() {
-    let h = Harness::new(CONFIG).await;
+    let h = Harness::new(&config()).await;
     assert_eq!(h.allowed_of(3, "/api/orders", None, IP_A).await, 2);
     assert_eq!(
         h.allowed_of(3, "/api/orders", Some("k-free"), IP_A).await,
@@ -294,7 +483,7 @@ async fn exempt_paths_are_never_limited() {
 
 #[tokio::test]
 async fn the_429_is_exact() {
-    let h = Harness::new(CONFIG).await;
+    let h = Harness::new(&config()).await;
     assert_eq!(
         h.allowed_of(3, "/api/orders", Some("k-free"), IP_A).await,
         3
@@ -362,8 +551,8 @@ async fn the_429_is_exact() {
     );
 
     // Without quota and window in the config, RateLimit-Policy is left out.
-    let bare = [("anonymous", r#"{"policy":"api-anon"}"#)];
-    let h = Harness::new(&bare).await;
+    let bare = "[modules.ratelimit.config.anonymous]\npolicy = \"api-anon\"\n";
+    let h = Harness::new(bare).await;
     assert_eq!(h.allowed_of(2, "/", None, IP_A).await, 2);
     let RequestAction::Respond(response) = h.request("/", None, IP_A).await else {
         panic!("expected a 429");
@@ -374,7 +563,7 @@ async fn the_429_is_exact() {
 
 #[tokio::test]
 async fn a_refilled_bucket_admits_again() {
-    let h = Harness::new(CONFIG).await;
+    let h = Harness::new(&config()).await;
     assert_eq!(h.allowed_of(3, "/api/orders", None, IP_A).await, 2);
     assert_eq!(
         h.allowed_of(4, "/api/orders", Some("k-free"), IP_A).await,
@@ -396,12 +585,12 @@ async fn a_refilled_bucket_admits_again() {
 
 #[tokio::test]
 async fn trouble_fails_open() {
-    let h = Harness::new(CONFIG).await;
+    let h = Harness::new(&config()).await;
     // A module granted none of its policies lets everything through.
     let ungranted = h
         .module
         .with_settings(ModuleSettings {
-            config: CONFIG.iter().copied().collect(),
+            config: node_config(&config()),
             ..ModuleSettings::default()
         })
         .expect("settings");
@@ -417,14 +606,37 @@ async fn trouble_fails_open() {
     }
     // Config it cannot read lets through the requests that need it (and
     // nothing traps): (config, anonymous admitted, `k-free` admitted) of 12.
+    let anonymous = "[modules.ratelimit.config.anonymous]\npolicy = \"api-anon\"\nquota = 2\n";
+    let free =
+        "[modules.ratelimit.config.tiers.free]\npolicy = \"api-free\"\nkeys = [\"k-free\"]\n";
     let cases = [
-        ([("tiers", "[1, 2]"), ("anonymous", ANONYMOUS)], 2, 12),
-        ([("tiers", TIERS), ("anonymous", "api-anon")], 12, 3),
+        // `tiers` is not a table.
         (
-            [
-                ("tiers", r#"{"free":{"keys":["k-free"]}}"#),
-                ("anonymous", "{}"),
-            ],
+            format!("[modules.ratelimit.config]\ntiers = [1, 2]\n{anonymous}"),
+            2,
+            12,
+        ),
+        // `anonymous` is not a table.
+        (
+            format!("[modules.ratelimit.config]\nanonymous = \"api-anon\"\n{free}"),
+            12,
+            3,
+        ),
+        // Neither names a policy.
+        (
+            "[modules.ratelimit.config.tiers.free]\nkeys = [\"k-free\"]\n\
+             [modules.ratelimit.config.anonymous]\nquota = 2\n"
+                .to_owned(),
+            12,
+            12,
+        ),
+        // The single JSON values an earlier version of the module read.
+        (
+            r#"[modules.ratelimit.config]
+tiers = '{"free":{"keys":["k-free"],"policy":"api-free"}}'
+anonymous = '{"policy":"api-anon"}'
+"#
+            .to_owned(),
             12,
             12,
         ),
@@ -437,11 +649,11 @@ async fn trouble_fails_open() {
                 .allowed_of(12, "/api/orders", Some("k-free"), IP_A)
                 .await,
         );
-        assert_eq!(got, (anonymous, keyed), "{config:?}");
+        assert_eq!(got, (anonymous, keyed), "{config}");
         assert_eq!(broken.module.stats().total_failures(), 0);
     }
     // No config at all: nothing is limited.
-    let empty = Harness::new(&[]).await;
+    let empty = Harness::new("").await;
     assert_eq!(empty.allowed_of(12, "/", Some("k-free"), IP_A).await, 12);
     assert_eq!(h.module.stats().total_failures(), 0);
     assert_eq!(ungranted.stats().total_failures(), 0);
@@ -487,16 +699,17 @@ fn set_headers(action: &ResponseAction) -> Vec<(String, String)> {
 #[tokio::test]
 async fn allowed_responses_get_headers_only_when_asked() {
     // By default allowed responses are left alone.
-    let h = Harness::new(CONFIG).await;
+    let h = Harness::new(&config()).await;
     assert!(h.allowed("/api/orders", Some("k-free"), IP_A).await);
     assert!(matches!(
         on_response(&h, Some("k-free"), 200, &[]).await,
         ResponseAction::Pass
     ));
 
-    let mut config = CONFIG.to_vec();
-    config.push(("headers", "always"));
-    let h = Harness::new(&config).await;
+    let h = Harness::new(&config_with(
+        "api_key_header = \"x-api-key\"\nheaders = \"always\"",
+    ))
+    .await;
     assert!(h.allowed("/api/orders", Some("k-free"), IP_A).await);
     h.clock.advance(Duration::from_secs(2));
     // The bucket as it stands (read without spending): 2 left, full in 8 s.

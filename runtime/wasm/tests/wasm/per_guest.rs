@@ -384,12 +384,47 @@ pub(crate) async fn hello_handler() {
     assert_eq!(module.stats().calls, 2);
 }
 
-/// A smoke test; `tests/ratelimit_module.rs` covers the module in full.
+/// A smoke test; `tests/ratelimit_module.rs` covers the module in full. The
+/// config is TOML through the node's validation, which flattens its tables
+/// into the dotted keys the module reads.
 #[tokio::test]
 pub(crate) async fn ratelimit() {
+    use cathedral_config::{Source, parse_edge};
     use cathedral_limits::{Limiter, PolicySpec, Quota};
-    use cathedral_wasm::{RateLimitPolicy, RateLimits};
-    use std::{num::NonZeroU32, sync::Arc};
+    use cathedral_wasm::{ModuleConfig, RateLimitPolicy, RateLimits};
+    use std::{num::NonZeroU32, path::Path, sync::Arc};
+
+    let wasm = Path::new(guests::RATELIMIT);
+    let text = format!(
+        r#"
+[rate_limits.anon]
+rate = 1
+per = "1h"
+
+[modules.ratelimit]
+path = {:?}
+rate_limits = ["anon"]
+
+[modules.ratelimit.config]
+exempt = ["/health"]
+
+[modules.ratelimit.config.anonymous]
+policy = "anon"
+quota = 1
+window = 3600
+"#,
+        wasm.file_name()
+            .and_then(|n| n.to_str())
+            .expect("file name")
+    );
+    let source = Source {
+        name: Path::new("edge.toml"),
+        text: &text,
+        base_dir: wasm.parent().expect("directory"),
+    };
+    let edge = parse_edge(source, None, "us-east-1").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let config = edge.modules["ratelimit"].config.clone();
+    assert_eq!(config["anonymous.policy"], "anon");
 
     let one = NonZeroU32::MIN;
     let quota = Quota::new(one, Duration::from_secs(3600), one).expect("quota");
@@ -401,11 +436,9 @@ pub(crate) async fn ratelimit() {
         "ratelimit",
         guests::RATELIMIT,
         ModuleSettings {
+            config: ModuleConfig::new(config),
             rate_limits: RateLimits::new([("anon".to_owned(), anon)]),
-            ..settings(&[
-                ("anonymous", r#"{"policy":"anon","quota":1,"window":3600}"#),
-                ("exempt", r#"["/health"]"#),
-            ])
+            ..ModuleSettings::default()
         },
     )
     .await;
