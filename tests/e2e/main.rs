@@ -6,6 +6,7 @@ mod cache;
 mod client_addr;
 mod lifecycle;
 mod limits;
+mod modules;
 mod protocols;
 mod proxy;
 mod ratelimit;
