@@ -1,5 +1,5 @@
-//! Builds the guest modules the demo configuration uses (`personalize` and
-//! `compliance`, which `edge-config/edge.toml` loads from
+//! Builds the guest modules the demo configuration uses (`personalize`,
+//! `compliance` and `ratelimit`, which `edge-config/edge.toml` loads from
 //! `guest-modules/target/wasm32-wasip2/release/`), so that the README's
 //! `cargo run --release -p cathedral -- serve` works on a fresh clone. The
 //! build logic is the test-artifacts crate's `guest_build.rs`, shared.
@@ -11,7 +11,7 @@
 mod guest_build;
 
 /// The guests `edge-config/edge.toml` names.
-const DEMO_MODULES: &[&str] = &["personalize", "compliance"];
+const DEMO_MODULES: &[&str] = &["personalize", "compliance", "ratelimit"];
 
 const SKIP: &str = "CATHEDRAL_SKIP_GUEST_BUILD";
 
@@ -25,7 +25,7 @@ fn main() {
     guest_build::rerun_if_guests_change(&root);
     guest_build::build_guests(
         &root,
-        "the demo in edge-config/ runs the personalize and compliance modules; \
+        "the demo in edge-config/ runs the personalize, compliance and ratelimit modules; \
          set CATHEDRAL_SKIP_GUEST_BUILD=1 to build the binary without them",
     );
     for module in DEMO_MODULES {
