@@ -37,6 +37,11 @@ enum Command {
     /// With no arguments, run from the repository root, it serves the demo
     /// site from edge-config/ with the default region's overlay on
     /// http://127.0.0.1:8080, admin API on http://127.0.0.1:9090.
+    ///
+    /// Quick modes (--upstream, --handler, with --filter) read no edge
+    /// config: the bootstrap is --config if given, else the built-in
+    /// defaults, with no Wasm artifact cache (components are compiled at
+    /// every start).
     Serve(ServeArgs),
     /// Inspect configuration.
     #[command(subcommand)]

@@ -463,3 +463,26 @@ async fn quick_filters_fail_closed() {
     served.signal("-TERM");
     assert_eq!(tokio::task::block_in_place(|| served.wait_exit()), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_quick_mode_components() {
+    let origin = Origin::start().await;
+    let url = origin.url();
+    let dir = tempfile::tempdir().unwrap();
+    let filter = dir.path().join("filter.wasm");
+    std::fs::copy(guests::EMPTY_FILTER, &filter).unwrap();
+    let (mut served, base, _) = quick(&["--upstream", &url, "--filter", filter.to_str().unwrap()]);
+    let (status, _, _) = get(&format!("{base}/x")).await;
+    assert_eq!(status.as_u16(), 200);
+
+    // The author rebuilds the component (here: into one that never returns).
+    std::fs::copy(guests::INFINITE_LOOP, &filter).unwrap();
+    served.signal("-HUP");
+    tokio::task::block_in_place(|| served.wait_for("configuration activated"));
+    let (status, _, body) = get(&format!("{base}/x")).await;
+    assert_eq!(status.as_u16(), 503, "{body}");
+    assert!(body.contains("module filter failed"), "{body}");
+
+    served.signal("-TERM");
+    assert_eq!(tokio::task::block_in_place(|| served.wait_exit()), Some(0));
+}
