@@ -64,6 +64,21 @@ pub fn rerun_if_guests_change(root: &Path) {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
 }
 
+/// Whether rustc finds the target's standard library.
+fn target_installed() -> bool {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output();
+    match &output {
+        Ok(o) if o.status.success() => {
+            let dir = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            Path::new(&dir).is_dir()
+        }
+        _ => false,
+    }
+}
+
 /// Builds every guest (`cargo build --release --workspace` in the guest
 /// workspace) after checking that the target is installed; panics with
 /// what to do when it is not or the build fails. `purpose` says what the
@@ -121,21 +136,22 @@ pub fn build_guests(root: &Path, purpose: &str) {
     }
 }
 
-/// Fails with instructions when the `wasm32-wasip2` standard library is not
-/// installed.
+/// Makes sure the `wasm32-wasip2` standard library is installed: with
+/// rustup (the supported set-up) it is added on first use, so that the
+/// README's two commands need nothing else; otherwise fails with what to do.
 fn require_target(purpose: &str) {
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let output = Command::new(&rustc)
-        .args(["--print", "target-libdir", "--target", TARGET])
-        .output();
-    let installed = match &output {
-        Ok(o) if o.status.success() => {
-            let dir = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-            Path::new(&dir).is_dir()
-        }
-        _ => false,
-    };
-    if !installed {
+    if target_installed() {
+        return;
+    }
+    println!(
+        "cargo:warning=installing the {TARGET} target with rustup (the guest modules are built for it)"
+    );
+    // Captured: a build script's stdout is read by cargo.
+    let added = Command::new("rustup")
+        .args(["target", "add", TARGET])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !added || !target_installed() {
         panic!(
             "\n\nthe `{TARGET}` target is not installed, and the guest modules in \
              guest-modules/ are built for it ({purpose}).\n\
