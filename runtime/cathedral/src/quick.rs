@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cathedral_config::{
-    ClassChoice, ConfigError, ConfigErrors, EdgeConfig, FailPolicy, FilterRef, HandlerTarget,
-    HostHeader, ModuleConfig, Route, RouteCache, RouteTarget,
+    ConfigError, ConfigErrors, EdgeConfig, FailPolicy, FilterRef, HandlerTarget, HostHeader,
+    ModuleConfig, Route, RouteTarget,
 };
 
 /// Values that came from the command line are reported under this
@@ -110,9 +110,8 @@ pub fn edge_config(
 }
 
 /// One catch-all route named `handler`, answered by `module` with no
-/// backends (its outgoing requests are all refused). Like `--upstream`'s
-/// route it caches by RFC 9111 alone: only what the component marks
-/// cacheable is stored.
+/// backends (its outgoing requests are all refused). Handler routes are not
+/// cached: the component answers every request, as under `wasmtime serve`.
 fn handler_config(module: String, region: &str) -> EdgeConfig {
     let route = Route {
         name: "handler".to_owned(),
@@ -124,10 +123,7 @@ fn handler_config(module: String, region: &str) -> EdgeConfig {
         }),
         host_header: HostHeader::Preserve,
         response_headers: Vec::new(),
-        cache: Some(RouteCache {
-            class: ClassChoice::Disabled,
-            ..RouteCache::default()
-        }),
+        cache: None,
         rate_limits: Vec::new(),
         user_id: None,
         filters: Vec::new(),

@@ -1027,32 +1027,36 @@ fn build_route(
 
     response_headers.sort_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
 
-    // cache: upstream routes cache unless told not to; static routes never do.
+    // cache: upstream routes cache unless told not to; static routes (local
+    // content) and handler routes (answered by their component every time)
+    // never do.
     let cache_key = key.field("cache");
-    let is_static = only("static");
-    let static_cached = |found: &str, sink: &mut Sink<'_>| {
-        sink.push(
-            &cache_key,
-            format!(
-                "static routes serve local content and are not cached (expected cache = false or no cache key, found {found})"
-            ),
-        );
+    let uncached = if only("static") {
+        Some("static routes serve local content and are not cached")
+    } else if only("handler") {
+        Some("handler routes are answered by their component on every request and are not cached")
+    } else {
+        None
+    };
+    let refuse = |found: &str, sink: &mut Sink<'_>| {
+        if let Some(why) = uncached {
+            sink.push(
+                &cache_key,
+                format!("{why} (expected cache = false or no cache key, found {found})"),
+            );
+        }
     };
     let cache = match &raw.cache {
         Some(CacheSwitch::Enabled(false)) => None,
-        None if is_static => None,
+        None if uncached.is_some() => None,
         None => Some(RouteCache::default()),
         Some(CacheSwitch::Enabled(true)) => {
-            if is_static {
-                static_cached("cache = true", sink);
-            }
+            refuse("cache = true", sink);
             Some(RouteCache::default())
         }
         Some(CacheSwitch::Table(table)) => {
-            if is_static {
-                static_cached("a table", sink);
-            }
-            // Checked on static routes too, so every problem shows at once.
+            refuse("a table", sink);
+            // Checked on uncached routes too, so every problem shows at once.
             build_route_cache(table, &cache_key, sink)
         }
     };

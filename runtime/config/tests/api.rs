@@ -274,9 +274,8 @@ backends = ["api"]
         })
     );
     assert_eq!(
-        hello.cache,
-        Some(RouteCache::default()),
-        "handler routes cache by default"
+        hello.cache, None,
+        "handler routes are not cached: their component answers every request"
     );
     assert!(hello.filters.is_empty());
 
