@@ -280,10 +280,7 @@ async fn load_modules(
             Some((_, old)) => old.with_settings(settings),
             None => engine.load(name, bytes, settings).await,
         }
-        .map_err(|e| Error::Module {
-            module: name.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::ModuleLoad(e.to_string()))?;
         modules.insert(name.clone(), (hash, module));
     }
     Ok(modules)

@@ -32,6 +32,9 @@ pub enum Error {
     Config(String),
     #[error("module {module}: {reason}")]
     Module { module: String, reason: String },
+    /// The Wasm host refused a module; its message names the module.
+    #[error("{0}")]
+    ModuleLoad(String),
     #[error("WebAssembly engine: {0}")]
     Wasm(String),
 }
