@@ -117,7 +117,8 @@ impl Target {
         })
     }
 
-    fn request(&self) -> Request<Empty<Bytes>> {
+    /// A GET of the target path with its `Host`.
+    pub fn request(&self) -> Request<Empty<Bytes>> {
         let mut request = Request::new(Empty::new());
         *request.uri_mut() = self.path.clone();
         request.headers_mut().insert(HOST, self.host.clone());
@@ -681,7 +682,12 @@ mod tests {
     async fn load_against_an_in_process_origin() -> anyhow::Result<()> {
         const BODY: usize = 256;
         const REQUESTS: u64 = 200;
-        let origin = Origin::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), BODY).await?;
+        let origin = Origin::bind(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            BODY,
+            crate::origin::ReplyHeaders::default(),
+        )
+        .await?;
         let addr = origin.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(origin.serve_until(async {

@@ -3,9 +3,15 @@
 //! by side, and report a markdown table plus raw JSON under `benches/results/`.
 //!
 //! Module map: [`origin`] and [`load`] are the two halves of any measurement; [`scenario`]
-//! runs systems under test against them and summarises; [`proxy`] is the first scenario;
-//! [`process`] (children, pinning), [`procfs`] (CPU, RSS), [`stats`] and [`report`] support them.
+//! runs systems under test against them and summarises; [`harness`] is the one code path
+//! around it (arguments, children, results); [`proxy`] and [`cache`] (with [`cache_config`])
+//! are the scenarios; [`process`] (children, pinning), [`procfs`] (CPU, RSS), [`client`]
+//! (one-shot GETs), [`stats`] and [`report`] support them.
 
+mod cache;
+mod cache_config;
+mod client;
+mod harness;
 mod load;
 mod origin;
 mod process;
@@ -32,6 +38,9 @@ enum Command {
     Load(load::LoadArgs),
     /// Proxy-path scenario: the origin directly vs through `cathedral serve --upstream`.
     Proxy(proxy::ProxyArgs),
+    /// Cache-hit scenario: cathedral with the cache on (integrity 1 in 100, always) and off,
+    /// and the origin directly, per object size.
+    Cache(cache::CacheArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Origin(args) => origin::main(args),
         Command::Load(args) => load::main(args),
         Command::Proxy(args) => proxy::main(args),
+        Command::Cache(args) => cache::main(args),
     }
 }
 
@@ -88,6 +98,31 @@ mod tests {
             Cli::try_parse_from(["cathedral-bench", "proxy", "--runs", "1", "--pin", "off"])
                 .is_ok()
         );
+        let cli = Cli::try_parse_from([
+            "cathedral-bench",
+            "cache",
+            "--sizes",
+            "1024,4096",
+            "--runs",
+            "5",
+        ])?;
+        let Command::Cache(cache) = cli.command else {
+            anyhow::bail!("expected cache, got {:?}", cli.command);
+        };
+        assert_eq!((cache.sizes, cache.runner.runs), (vec![1024, 4096], 5));
+        assert_eq!(cache.cache_control, "public, max-age=3600");
+        let cli = Cli::try_parse_from([
+            "cathedral-bench",
+            "origin",
+            "--cache-control",
+            "max-age=60",
+            "--etag",
+            "\"x\"",
+        ])?;
+        let Command::Origin(origin) = cli.command else {
+            anyhow::bail!("expected origin, got {:?}", cli.command);
+        };
+        assert_eq!(origin.cache_control.as_deref(), Some("max-age=60"));
         Ok(())
     }
 }

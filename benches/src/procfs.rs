@@ -1,5 +1,6 @@
 //! The few Linux `/proc` figures the harness reports: CPU time of a process, its peak RSS
-//! (`VmHWM`), the CPUs this process may run on, and a little machine description.
+//! (`VmHWM`), the CPUs this process may run on, machine-wide busy CPU time (to tell how much
+//! other work shared the machine during a measurement), and a little machine description.
 //!
 //! Reading `/proc` keeps the crate free of `unsafe` (the workspace forbids it), so no
 //! `getrusage` or `sched_getaffinity` through libc.
@@ -70,6 +71,46 @@ pub fn parse_stat_ticks(stat: &str) -> Option<(u64, u64)> {
     let utime = fields.nth(11)?.parse().ok()?;
     let stime = fields.next()?.parse().ok()?;
     Some((utime, stime))
+}
+
+/// CPU seconds of this process plus its waited-for children (`utime + stime + cutime +
+/// cstime`): a child such as the load generator is included once it has been reaped.
+pub fn self_and_reaped_children_secs() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    let ticks = parse_stat_ticks_with_children(&stat).context("parsing /proc/self/stat")?;
+    Ok(ticks as f64 / clock_ticks_per_sec() as f64)
+}
+
+/// `utime + stime + cutime + cstime` (fields 14 to 17) of a `/proc/<pid>/stat` line.
+pub fn parse_stat_ticks_with_children(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    (fields.len() == 4).then(|| fields.iter().sum())
+}
+
+/// Busy CPU seconds of the whole machine since boot, all CPUs summed (`/proc/stat`).
+pub fn machine_busy_secs() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = parse_machine_busy_ticks(&stat).context("parsing /proc/stat")?;
+    Ok(ticks as f64 / clock_ticks_per_sec() as f64)
+}
+
+/// The busy ticks of the aggregate `cpu` line of `/proc/stat`: user, nice, system, irq,
+/// softirq and steal (not idle or iowait; guest time is already inside user and nice).
+pub fn parse_machine_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    (v.len() >= 4).then(|| at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
 }
 
 /// The kernel's clock-tick rate for `/proc` times (`AT_CLKTCK` in the auxiliary vector),
@@ -221,7 +262,24 @@ mod tests {
     }
 
     #[test]
+    fn machine_and_children_ticks_parse() {
+        let stat = "7213 (c a) R 7207 7207 6172 0 -1 4194304 99 0 0 0 12 34 5 6 20 0 1 0 33462";
+        assert_eq!(parse_stat_ticks_with_children(stat), Some(12 + 34 + 5 + 6));
+        assert_eq!(parse_stat_ticks_with_children("1 (x) R 1 2"), None);
+        let proc_stat = "cpu  100 2 30 5000 7 1 4 3 9 0\ncpu0 50 1 15 2500 3 0 2 1 0 0\n";
+        assert_eq!(
+            parse_machine_busy_ticks(proc_stat),
+            Some(100 + 2 + 30 + 1 + 4 + 3)
+        );
+        assert_eq!(parse_machine_busy_ticks("cpu  1 2 3 4\n"), Some(6));
+        assert_eq!(parse_machine_busy_ticks("cpu0 1 2 3 4\n"), None);
+        assert_eq!(parse_machine_busy_ticks("cpu  1 x 3 4\n"), None);
+    }
+
+    #[test]
     fn own_cpu_time_and_rss_are_readable() -> anyhow::Result<()> {
+        assert!(self_and_reaped_children_secs()? >= 0.0);
+        assert!(machine_busy_secs()? > 0.0);
         let cpu = cpu_times(Pid::SelfProcess)?;
         assert!(cpu.total_secs() >= 0.0);
         assert!(peak_rss_bytes(Pid::SelfProcess)? > 0);

@@ -7,21 +7,49 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 
-use crate::scenario::{ScenarioResult, SystemSummary};
+use crate::scenario::{RatioSummary, ScenarioResult, SystemSummary};
 use crate::stats::Spread;
 
-/// The markdown table: one row per system, baseline first as given by the scenario.
+/// The markdown table: one row per system, baseline first as given by the scenario. When the
+/// scenario has counters, each gets a column: its median change per measurement and, in
+/// brackets, per client request.
 pub fn render_table(scenario: &str, baseline: &str, rows: &[SystemSummary]) -> String {
+    let counters: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.counters.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut out = String::new();
+    let counter_heads: String = counters
+        .iter()
+        .map(|c| format!(" {c} requests per run (per client request) |"))
+        .collect();
     let _ = writeln!(
         out,
-        "| scenario | system | req/s median [min–max] | p50 | p99 | errors | peak RSS | ratio vs {baseline} | SUT CPUs | generator CPUs |"
+        "| scenario | system | req/s median [min–max] | p50 | p99 | errors |{counter_heads} peak RSS | ratio vs {baseline} | SUT CPUs | generator CPUs | other load, worst run (CPUs) |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|{}---:|---:|---:|---:|---:|",
+        "---:|".repeat(counters.len())
+    );
     for row in rows {
+        let counter_cells: String = counters
+            .iter()
+            .map(|c| {
+                let cell = row.counters.get(c).map_or_else(dash, |s| {
+                    let per = s
+                        .per_client_request
+                        .map_or_else(dash, |p| format!("{p:.3}"));
+                    format!("{:.0} ({per})", s.per_measurement)
+                });
+                format!(" {cell} |")
+            })
+            .collect();
         let _ = writeln!(
             out,
-            "| {scenario} | {system} | {rps} | {p50} | {p99} | {errors} | {rss} | {ratio} | {sut} | {generator} |",
+            "| {scenario} | {system} | {rps} | {p50} | {p99} | {errors} |{counter_cells} {rss} | {ratio} | {sut} | {generator} | {other} |",
             system = row.system,
             rps = row.requests_per_sec.map_or_else(dash, |s| spread(&s, 0)),
             p50 = row.p50_us.map_or_else(dash, micros),
@@ -33,8 +61,73 @@ pub fn render_table(scenario: &str, baseline: &str, rows: &[SystemSummary]) -> S
             generator = row
                 .generator_cores_used
                 .map_or_else(dash, |c| format!("{c:.2}")),
+            other = row
+                .other_cores_used_max
+                .map_or_else(dash, |c| format!("{c:.2}")),
         );
     }
+    out
+}
+
+/// The scenario's extra ratios (requests/s, per run, median [min–max]); empty without any.
+pub fn render_ratios(scenario: &str, ratios: &[RatioSummary]) -> String {
+    if ratios.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| scenario | ratio of req/s | systems | per run, median [min–max] |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|");
+    for r in ratios {
+        let _ = writeln!(
+            out,
+            "| {scenario} | {} | {} / {} | {} |",
+            r.label,
+            r.numerator,
+            r.denominator,
+            r.ratio.map_or_else(dash, |s| spread(&s, 2))
+        );
+    }
+    out
+}
+
+/// Everything printed after a scenario: the table, the ratios, the notes, and a line with
+/// the load parameters and the path of the raw results.
+pub fn render_result(result: &ScenarioResult, json_path: &Path) -> String {
+    let scenario = &result.scenario;
+    let mut out = render_table(&scenario.name, &scenario.baseline, &result.summary);
+    let ratios = render_ratios(&scenario.name, &result.ratios);
+    if !ratios.is_empty() {
+        out.push('\n');
+        out.push_str(&ratios);
+    }
+    out.push('\n');
+    for note in &scenario.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    if let Some(q) = &scenario.quiet {
+        let _ = writeln!(
+            out,
+            "- quiet gate: each measurement waited (up to {} s) for other work to use at most \
+             {} CPUs and was repeated (up to {} times) when it used more meanwhile; {} \
+             measurements discarded",
+            q.max_wait_secs,
+            q.max_other_cores,
+            q.retries,
+            result.discarded.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- {} runs × {} s measured after {} s warm-up, {} connections; raw results: {}",
+        scenario.runs,
+        scenario.load.duration_secs,
+        scenario.load.warmup_secs,
+        scenario.load.connections,
+        json_path.display()
+    );
     out
 }
 
@@ -113,7 +206,7 @@ mod tests {
     use crate::process::{PinMode, Pinning};
     use crate::procfs::MachineInfo;
     use crate::scenario::tests::{measurement, scenario};
-    use crate::scenario::{ProcessInfo, summarise};
+    use crate::scenario::{Counter, ProcessInfo, RatioSpec, ratios, summarise};
     use std::time::Duration;
 
     #[test]
@@ -125,10 +218,10 @@ mod tests {
         ];
         let table = render_table(&s.name, &s.baseline, &summarise(&s, &ms));
         let expected = "\
-| scenario | system | req/s median [min–max] | p50 | p99 | errors | peak RSS | ratio vs direct | SUT CPUs | generator CPUs |
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
-| proxy | direct | 100000 [100000–100000] | 500 µs | 1.50 ms | 0 | 1.0 MiB | — | 0.90 | 0.50 |
-| proxy | cathedral | 45000 [45000–45000] | 1.00 ms | 2.00 ms | 3 | 1.0 MiB | 0.45 [0.45–0.45] | 0.90 | 0.50 |
+| scenario | system | req/s median [min–max] | p50 | p99 | errors | peak RSS | ratio vs direct | SUT CPUs | generator CPUs | other load, worst run (CPUs) |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| proxy | direct | 100000 [100000–100000] | 500 µs | 1.50 ms | 0 | 1.0 MiB | — | 0.90 | 0.50 | 0.10 |
+| proxy | cathedral | 45000 [45000–45000] | 1.00 ms | 2.00 ms | 3 | 1.0 MiB | 0.45 [0.45–0.45] | 0.90 | 0.50 | 0.10 |
 ";
         assert_eq!(table, expected);
     }
@@ -138,7 +231,7 @@ mod tests {
         let s = scenario();
         let table = render_table(&s.name, &s.baseline, &summarise(&s, &[]));
         assert!(
-            table.contains("| proxy | cathedral | — | — | — | 0 | — | — | — | — |"),
+            table.contains("| proxy | cathedral | — | — | — | 0 | — | — | — | — | — |"),
             "{table}"
         );
     }
@@ -175,6 +268,9 @@ mod tests {
                 command: "cathedral-bench origin".into(),
             }],
             measurements,
+            discarded: Vec::new(),
+            ratios: Vec::new(),
+            checks: None,
         };
         let path = write_json(&dir.join("results"), "20260314T101502Z", &result)?;
         assert_eq!(path, dir.join("results/proxy-20260314T101502Z.json"));
@@ -189,5 +285,43 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir)?;
         Ok(())
+    }
+
+    #[test]
+    fn counters_and_ratios_are_rendered() {
+        let mut s = scenario();
+        s.counters = vec![Counter {
+            name: "origin".into(),
+            url: "http://127.0.0.1:1/n".into(),
+        }];
+        s.ratios = vec![RatioSpec {
+            label: "slowdown".into(),
+            numerator: "cathedral".into(),
+            denominator: "direct".into(),
+        }];
+        let mut direct = measurement(1, "direct", 100.0, 500, 1500, 0);
+        direct.counters.insert("origin".into(), 1000);
+        let mut cathedral = measurement(1, "cathedral", 50.0, 500, 1500, 0);
+        cathedral.counters.insert("origin".into(), 0);
+        let ms = [direct, cathedral];
+        let table = render_table(&s.name, &s.baseline, &summarise(&s, &ms));
+        assert!(
+            table.contains("| errors | origin requests per run (per client request) | peak RSS |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("|---:|---:|---:|---:|---:|---:|---:|---:|"),
+            "{table}"
+        );
+        assert!(table.contains("| 0 | 1000 (1.000) | 1.0 MiB |"), "{table}");
+        assert!(table.contains("| 0 | 0 (0.000) | 1.0 MiB |"), "{table}");
+        let ratios = render_ratios(&s.name, &ratios(&s, &ms));
+        assert_eq!(
+            ratios,
+            "| scenario | ratio of req/s | systems | per run, median [min–max] |\n\
+             |---|---|---|---:|\n\
+             | proxy | slowdown | cathedral / direct | 0.50 [0.50–0.50] |\n"
+        );
+        assert_eq!(render_ratios("x", &[]), "");
     }
 }

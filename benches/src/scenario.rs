@@ -1,9 +1,10 @@
 //! Scenarios: systems under test, each with a target URL, plus load parameters; the runner
 //! that measures them run by run, alternating the order, and the per-system summary.
 //!
-//! A scenario module (e.g. `proxy`) starts its processes, describes them as a [`Scenario`],
-//! and hands both to [`run`]; everything after that — generator launches, CPU and RSS
-//! sampling, medians, ratios against the baseline — is shared by every scenario.
+//! A scenario module (e.g. `proxy`, `cache`) starts its processes through
+//! [`crate::harness::Harness`], describes them as a [`Scenario`], and hands both to [`run`];
+//! everything after that — generator launches, CPU and RSS sampling, counters read before and
+//! after each measurement, medians, ratios computed per run — is shared by every scenario.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::load::LoadReport;
 use crate::process::{ManagedChild, Pinning};
-use crate::procfs::MachineInfo;
+use crate::procfs::{self, MachineInfo};
 use crate::stats::{self, Spread};
 
 /// Load applied to every system of a scenario.
@@ -39,6 +40,45 @@ pub struct SystemUnderTest {
     pub process: String,
 }
 
+/// A counter read over HTTP before and after every measurement (e.g. the origin's request
+/// count at [`crate::origin::STATS_PATH`]); each measurement records the difference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Counter {
+    pub name: String,
+    /// Answers the count as a decimal number in plain text.
+    pub url: String,
+}
+
+/// A ratio of requests/s between two systems, computed per run, reported as the median.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RatioSpec {
+    /// How the table names it, e.g. "cache on / cache off".
+    pub label: String,
+    pub numerator: String,
+    pub denominator: String,
+}
+
+/// Keeping other work on a shared machine out of the numbers: before each measurement, wait
+/// (bounded) until the machine is quiet; after it, measure again (bounded) if other work used
+/// more than `max_other_cores` meanwhile. Discarded measurements are kept in the results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuietGate {
+    /// Most CPUs that work outside the scenario may use, before and during a measurement.
+    pub max_other_cores: f64,
+    /// Longest wait for a quiet machine before one measurement; after it, measure anyway.
+    pub max_wait_secs: f64,
+    /// How many times one measurement is repeated when it was disturbed.
+    pub retries: u32,
+}
+
+impl QuietGate {
+    /// Whether attempt `attempt` (0-based) of a measurement during which other work used
+    /// `other_cores` CPUs is discarded and measured again.
+    pub fn disturbed(&self, attempt: u32, other_cores: Option<f64>) -> bool {
+        attempt < self.retries && other_cores.is_some_and(|o| o > self.max_other_cores)
+    }
+}
+
 /// Systems under test + load parameters + how many runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scenario {
@@ -46,8 +86,14 @@ pub struct Scenario {
     pub systems: Vec<SystemUnderTest>,
     /// Name of the system every other one is compared with (ratio of requests/s).
     pub baseline: String,
+    /// Further ratios reported below the table (besides every system vs the baseline).
+    pub ratios: Vec<RatioSpec>,
+    /// Counters whose change over each measurement is recorded (e.g. origin requests).
+    pub counters: Vec<Counter>,
     pub load: LoadParams,
     pub runs: u32,
+    /// Wait for and insist on a quiet machine; `None` measures regardless.
+    pub quiet: Option<QuietGate>,
     /// Fairness notes printed under the table and stored with the results.
     pub notes: Vec<String>,
 }
@@ -89,65 +135,215 @@ pub struct Measurement {
     pub process_cpu: BTreeMap<String, ProcessCpu>,
     /// `VmHWM` of every scenario process after this measurement, by name.
     pub peak_rss_bytes: BTreeMap<String, u64>,
+    /// Change of every [`Scenario::counters`] entry over this measurement (the whole generator
+    /// run, warm-up included), by name.
+    pub counters: BTreeMap<String, u64>,
+    /// CPUs busy with work outside the scenario (other users of a shared machine) over this
+    /// measurement: machine-wide busy time minus the scenario's processes, the harness and the
+    /// generator, per wall second. Near 0 on a quiet machine.
+    pub other_cores_used: Option<f64>,
+}
+
+impl Measurement {
+    /// Requests the generator completed or failed, warm-up included: what a counter at the
+    /// system under test would see (plus at most one in flight per connection at the end).
+    pub fn client_requests(&self) -> u64 {
+        self.load.warmup_requests + self.load.requests + self.load.errors_total
+    }
+}
+
+/// Reads every counter of the scenario.
+async fn read_counters(counters: &[Counter]) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut values = BTreeMap::new();
+    for counter in counters {
+        let value = crate::client::read_counter(&counter.url)
+            .await
+            .with_context(|| format!("reading counter {}", counter.name))?;
+        values.insert(counter.name.clone(), value);
+    }
+    Ok(values)
+}
+
+/// What [`run`] measured: the measurements that count, and those discarded by the
+/// [`QuietGate`] because other work disturbed them.
+#[derive(Debug, Clone, Default)]
+pub struct RunOutput {
+    pub measurements: Vec<Measurement>,
+    pub discarded: Vec<Measurement>,
 }
 
 /// Drives every system once per run, in [`Scenario::order`], checking after each measurement
-/// that every child is still alive.
+/// that every child is still alive; with a [`QuietGate`], waits for a quiet machine before each
+/// measurement and repeats disturbed ones.
 pub async fn run(
     scenario: &Scenario,
     children: &mut [ManagedChild],
     generator: &Generator,
-) -> anyhow::Result<Vec<Measurement>> {
-    let mut measurements = Vec::new();
+) -> anyhow::Result<RunOutput> {
+    let mut out = RunOutput::default();
     for run in 1..=scenario.runs {
         for system in scenario.order(run) {
-            eprintln!(
-                "[{}] run {run}/{}: {} ({})",
-                scenario.name, scenario.runs, system.name, system.url
-            );
-            let before: Vec<_> = children
-                .iter()
-                .map(|c| c.cpu_times())
-                .collect::<anyhow::Result<_>>()?;
-            let started = Instant::now();
-            let load = drive(generator, &system.url, &scenario.load).await?;
-            let wall = started.elapsed().as_secs_f64();
-            let mut process_cpu = BTreeMap::new();
-            let mut peak_rss_bytes = BTreeMap::new();
-            for (child, before) in children.iter_mut().zip(before) {
-                child
-                    .check_alive()
-                    .with_context(|| format!("while measuring {}", system.name))?;
-                let cpu_secs = child.cpu_times()?.since(&before).total_secs();
-                let cores_used = if wall > 0.0 { cpu_secs / wall } else { 0.0 };
-                process_cpu.insert(
-                    child.name.clone(),
-                    ProcessCpu {
-                        cpu_secs,
-                        cores_used,
-                    },
+            // Bounded: at most 1 + retries attempts.
+            for attempt in 0.. {
+                if let Some(gate) = &scenario.quiet {
+                    wait_for_quiet(&scenario.name, gate, children).await?;
+                }
+                eprintln!(
+                    "[{}] run {run}/{}: {} ({})",
+                    scenario.name, scenario.runs, system.name, system.url
                 );
-                peak_rss_bytes.insert(child.name.clone(), child.peak_rss_bytes()?);
+                let m = measure_once(scenario, system, run, children, generator).await?;
+                let retry = scenario
+                    .quiet
+                    .as_ref()
+                    .is_some_and(|g| g.disturbed(attempt, m.other_cores_used));
+                if retry {
+                    eprintln!(
+                        "[{}]   discarded: other work used {:.2} CPUs meanwhile; measuring again",
+                        scenario.name,
+                        m.other_cores_used.unwrap_or_default()
+                    );
+                    out.discarded.push(m);
+                } else {
+                    out.measurements.push(m);
+                    break;
+                }
             }
-            eprintln!(
-                "[{}]   {:.0} req/s, p50 {} µs, p99 {} µs, {} errors, generator {:.2} CPUs",
-                scenario.name,
-                load.requests_per_sec,
-                load.latency.p50_us,
-                load.latency.p99_us,
-                load.errors_total,
-                load.cpu.cores_used
-            );
-            measurements.push(Measurement {
-                run,
-                system: system.name.clone(),
-                load,
-                process_cpu,
-                peak_rss_bytes,
-            });
         }
     }
-    Ok(measurements)
+    Ok(out)
+}
+
+/// CPUs used by work outside the scenario over `window`: machine-wide busy time minus the
+/// scenario's children and this process with its reaped children.
+async fn other_load(children: &[ManagedChild], window: Duration) -> anyhow::Result<f64> {
+    let children_cpu = |children: &[ManagedChild]| -> anyhow::Result<f64> {
+        children
+            .iter()
+            .map(|c| Ok(c.cpu_times()?.total_secs()))
+            .sum()
+    };
+    let (machine, ours, kids) = (
+        procfs::machine_busy_secs()?,
+        procfs::self_and_reaped_children_secs()?,
+        children_cpu(children)?,
+    );
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let wall = started.elapsed().as_secs_f64();
+    let other = (procfs::machine_busy_secs()? - machine)
+        - (procfs::self_and_reaped_children_secs()? - ours)
+        - (children_cpu(children)? - kids);
+    Ok((other / wall.max(1e-3)).max(0.0))
+}
+
+/// Waits until work outside the scenario uses at most `gate.max_other_cores` over a 2 s
+/// window, or `gate.max_wait_secs` have passed (then it goes ahead and says so).
+async fn wait_for_quiet(
+    name: &str,
+    gate: &QuietGate,
+    children: &[ManagedChild],
+) -> anyhow::Result<()> {
+    const WINDOW: Duration = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs_f64(gate.max_wait_secs);
+    let mut said = false;
+    // Bounded by `deadline`: every iteration takes WINDOW.
+    loop {
+        let other = other_load(children, WINDOW).await?;
+        if other <= gate.max_other_cores {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "[{name}] the machine is still busy ({other:.2} CPUs of other work) after {} s; \
+                 measuring anyway",
+                gate.max_wait_secs
+            );
+            return Ok(());
+        }
+        if !said {
+            eprintln!(
+                "[{name}] waiting for a quiet machine: other work uses {other:.2} CPUs \
+                 (at most {} wanted, waiting up to {} s)",
+                gate.max_other_cores, gate.max_wait_secs
+            );
+            said = true;
+        }
+    }
+}
+
+/// Measures one system once: counters, CPU and RSS of every child, the generator's report.
+async fn measure_once(
+    scenario: &Scenario,
+    system: &SystemUnderTest,
+    run: u32,
+    children: &mut [ManagedChild],
+    generator: &Generator,
+) -> anyhow::Result<Measurement> {
+    let before: Vec<_> = children
+        .iter()
+        .map(|c| c.cpu_times())
+        .collect::<anyhow::Result<_>>()?;
+    let counters_before = read_counters(&scenario.counters).await?;
+    let ours_before = procfs::self_and_reaped_children_secs()?;
+    let machine_before = procfs::machine_busy_secs()?;
+    let started = Instant::now();
+    let load = drive(generator, &system.url, &scenario.load).await?;
+    let wall = started.elapsed().as_secs_f64();
+    let machine_busy = procfs::machine_busy_secs()? - machine_before;
+    let ours = procfs::self_and_reaped_children_secs()? - ours_before;
+    let counters_after = read_counters(&scenario.counters).await?;
+    let counters: BTreeMap<String, u64> = counters_after
+        .iter()
+        .map(|(name, after)| {
+            let before = counters_before.get(name).copied().unwrap_or(0);
+            (name.clone(), after.saturating_sub(before))
+        })
+        .collect();
+    let mut process_cpu = BTreeMap::new();
+    let mut peak_rss_bytes = BTreeMap::new();
+    for (child, before) in children.iter_mut().zip(before) {
+        child
+            .check_alive()
+            .with_context(|| format!("while measuring {}", system.name))?;
+        let cpu_secs = child.cpu_times()?.since(&before).total_secs();
+        let cores_used = if wall > 0.0 { cpu_secs / wall } else { 0.0 };
+        process_cpu.insert(
+            child.name.clone(),
+            ProcessCpu {
+                cpu_secs,
+                cores_used,
+            },
+        );
+        peak_rss_bytes.insert(child.name.clone(), child.peak_rss_bytes()?);
+    }
+    let children_cpu: f64 = process_cpu.values().map(|c| c.cpu_secs).sum();
+    let other_cores_used =
+        (wall > 0.0).then(|| ((machine_busy - ours - children_cpu) / wall).max(0.0));
+    let counted: String = counters
+        .iter()
+        .map(|(name, n)| format!(", {name} +{n}"))
+        .collect();
+    eprintln!(
+        "[{}]   {:.0} req/s, p50 {} µs, p99 {} µs, {} errors, generator {:.2} CPUs, \
+         other load {:.2} CPUs{counted}",
+        scenario.name,
+        load.requests_per_sec,
+        load.latency.p50_us,
+        load.latency.p99_us,
+        load.errors_total,
+        load.cpu.cores_used,
+        other_cores_used.unwrap_or_default()
+    );
+    Ok(Measurement {
+        run,
+        system: system.name.clone(),
+        load,
+        process_cpu,
+        peak_rss_bytes,
+        counters,
+        other_cores_used,
+    })
 }
 
 /// Runs the generator as a child process (`load --json`) and parses its report.
@@ -208,38 +404,113 @@ pub struct SystemSummary {
     pub sut_cores_used: Option<f64>,
     /// Median CPUs used by the generator.
     pub generator_cores_used: Option<f64>,
+    /// Every scenario counter as seen during this system's measurements, by counter name.
+    pub counters: BTreeMap<String, CounterSummary>,
+    /// Largest [`Measurement::other_cores_used`] of this system's runs: how disturbed its
+    /// worst run was.
+    pub other_cores_used_max: Option<f64>,
+}
+
+/// One counter over one system's measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CounterSummary {
+    /// Median change per measurement.
+    pub per_measurement: f64,
+    /// Median of (change / client requests) per measurement: about 1 when every request
+    /// reached what is counted, 0 when none did.
+    pub per_client_request: Option<f64>,
+}
+
+/// A [`RatioSpec`] evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RatioSummary {
+    pub label: String,
+    pub numerator: String,
+    pub denominator: String,
+    /// Per-run ratios of requests/s: median [min–max]; `None` without a run measuring both.
+    pub ratio: Option<Spread>,
+}
+
+/// Measurements of `system`, by run.
+fn of_system<'m>(measurements: &'m [Measurement], system: &str) -> Vec<&'m Measurement> {
+    let mut ms: Vec<_> = measurements.iter().filter(|m| m.system == system).collect();
+    ms.sort_by_key(|m| m.run);
+    ms
+}
+
+/// requests/s of `numerator` over `denominator`, paired by run (runs missing either are
+/// skipped), as median [min–max].
+pub fn per_run_ratio(
+    measurements: &[Measurement],
+    numerator: &str,
+    denominator: &str,
+) -> Option<Spread> {
+    let den: BTreeMap<u32, f64> = of_system(measurements, denominator)
+        .iter()
+        .map(|m| (m.run, m.load.requests_per_sec))
+        .collect();
+    let (num, den): (Vec<f64>, Vec<f64>) = of_system(measurements, numerator)
+        .iter()
+        .filter_map(|m| Some((m.load.requests_per_sec, *den.get(&m.run)?)))
+        .unzip();
+    stats::spread(&stats::per_run_ratios(&num, &den))
+}
+
+/// Evaluates the scenario's [`Scenario::ratios`].
+pub fn ratios(scenario: &Scenario, measurements: &[Measurement]) -> Vec<RatioSummary> {
+    scenario
+        .ratios
+        .iter()
+        .map(|spec| RatioSummary {
+            label: spec.label.clone(),
+            numerator: spec.numerator.clone(),
+            denominator: spec.denominator.clone(),
+            ratio: per_run_ratio(measurements, &spec.numerator, &spec.denominator),
+        })
+        .collect()
 }
 
 /// Summarises measurements per system, in the scenario's system order.
 pub fn summarise(scenario: &Scenario, measurements: &[Measurement]) -> Vec<SystemSummary> {
-    let of = |name: &str| -> Vec<&Measurement> {
-        let mut ms: Vec<_> = measurements.iter().filter(|m| m.system == name).collect();
-        ms.sort_by_key(|m| m.run);
-        ms
-    };
-    let rps_by_run = |ms: &[&Measurement]| -> BTreeMap<u32, f64> {
-        ms.iter()
-            .map(|m| (m.run, m.load.requests_per_sec))
-            .collect()
-    };
-    let baseline = rps_by_run(&of(&scenario.baseline));
     scenario
         .systems
         .iter()
         .map(|system| {
-            let ms = of(&system.name);
+            let ms = of_system(measurements, &system.name);
             let values =
                 |f: &dyn Fn(&Measurement) -> f64| -> Vec<f64> { ms.iter().map(|m| f(m)).collect() };
             let ratio_vs_baseline = (system.name != scenario.baseline)
-                .then(|| {
-                    let mine = rps_by_run(&ms);
-                    let (num, den): (Vec<f64>, Vec<f64>) = mine
-                        .iter()
-                        .filter_map(|(run, rps)| Some((*rps, *baseline.get(run)?)))
-                        .unzip();
-                    stats::spread(&stats::per_run_ratios(&num, &den))
-                })
+                .then(|| per_run_ratio(measurements, &system.name, &scenario.baseline))
                 .flatten();
+            let counters = scenario
+                .counters
+                .iter()
+                .filter_map(|counter| {
+                    let deltas: Vec<(f64, u64)> = ms
+                        .iter()
+                        .filter_map(|m| {
+                            let delta = *m.counters.get(&counter.name)?;
+                            Some((delta as f64, m.client_requests()))
+                        })
+                        .collect();
+                    let per_measurement =
+                        stats::median(&deltas.iter().map(|(d, _)| *d).collect::<Vec<_>>())?;
+                    let per_client_request = stats::median(
+                        &deltas
+                            .iter()
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(d, n)| d / *n as f64)
+                            .collect::<Vec<_>>(),
+                    );
+                    Some((
+                        counter.name.clone(),
+                        CounterSummary {
+                            per_measurement,
+                            per_client_request,
+                        },
+                    ))
+                })
+                .collect();
             SystemSummary {
                 system: system.name.clone(),
                 runs: ms.len(),
@@ -258,6 +529,11 @@ pub fn summarise(scenario: &Scenario, measurements: &[Measurement]) -> Vec<Syste
                         .collect::<Vec<_>>(),
                 ),
                 generator_cores_used: stats::median(&values(&|m| m.load.cpu.cores_used)),
+                counters,
+                other_cores_used_max: ms
+                    .iter()
+                    .filter_map(|m| m.other_cores_used)
+                    .reduce(f64::max),
             }
         })
         .collect()
@@ -274,7 +550,15 @@ pub struct ScenarioResult {
     /// Every process of the scenario with its command line.
     pub processes: Vec<ProcessInfo>,
     pub measurements: Vec<Measurement>,
+    /// Measurements repeated because other work disturbed them ([`QuietGate`]); not in the
+    /// summary.
+    pub discarded: Vec<Measurement>,
     pub summary: Vec<SystemSummary>,
+    /// The scenario's extra ratios, evaluated.
+    pub ratios: Vec<RatioSummary>,
+    /// Scenario-specific checks made before measuring (e.g. the cache scenario's probes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<serde_json::Value>,
 }
 
 /// A scenario process as recorded in the results.
@@ -307,6 +591,8 @@ pub(crate) mod tests {
                 },
             ],
             baseline: "direct".into(),
+            ratios: Vec::new(),
+            counters: Vec::new(),
             load: LoadParams {
                 connections: 64,
                 warmup_secs: 2.0,
@@ -315,6 +601,7 @@ pub(crate) mod tests {
                 timeout_secs: 10.0,
             },
             runs: 3,
+            quiet: None,
             notes: vec!["a note".into()],
         }
     }
@@ -375,6 +662,8 @@ pub(crate) mod tests {
             )]
             .into(),
             peak_rss_bytes: [(process.to_owned(), u64::from(run) << 20)].into(),
+            counters: BTreeMap::new(),
+            other_cores_used: Some(0.1 * f64::from(run)),
         }
     }
 
@@ -427,5 +716,99 @@ pub(crate) mod tests {
         assert_eq!(ratio, Some((0.4, 0.3, 0.5)));
         assert_eq!(cathedral.sut_cores_used, Some(0.9));
         assert_eq!(cathedral.generator_cores_used, Some(0.5));
+        assert_eq!(cathedral.other_cores_used_max, Some(0.1 * 3.0));
+    }
+
+    #[test]
+    fn extra_ratios_are_per_run_medians() {
+        let mut s = scenario();
+        s.ratios = vec![
+            RatioSpec {
+                label: "inverse".into(),
+                numerator: "direct".into(),
+                denominator: "cathedral".into(),
+            },
+            RatioSpec {
+                label: "unknown".into(),
+                numerator: "nginx".into(),
+                denominator: "direct".into(),
+            },
+        ];
+        let ms = [
+            measurement(1, "direct", 100.0, 1, 1, 0),
+            measurement(1, "cathedral", 50.0, 1, 1, 0),
+            measurement(2, "direct", 300.0, 1, 1, 0),
+            measurement(2, "cathedral", 100.0, 1, 1, 0),
+            // Run 3 lost its cathedral measurement: it pairs with nothing.
+            measurement(3, "direct", 1000.0, 1, 1, 0),
+            measurement(4, "direct", 400.0, 1, 1, 0),
+            measurement(4, "cathedral", 100.0, 1, 1, 0),
+        ];
+        let r = ratios(&s, &ms);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].label, "inverse");
+        // Per-run 2, 3, 4 → median 3 (the ratio of medians would be 300/100 here too, but the
+        // range shows per-run values).
+        assert_eq!(
+            r[0].ratio,
+            Some(Spread {
+                median: 3.0,
+                min: 2.0,
+                max: 4.0
+            })
+        );
+        assert_eq!(r[1].ratio, None);
+        assert_eq!(
+            per_run_ratio(&ms, "cathedral", "direct").map(|s| s.median),
+            Some(1.0 / 3.0)
+        );
+    }
+
+    #[test]
+    fn counters_are_summarised_per_system() {
+        let mut s = scenario();
+        s.counters = vec![Counter {
+            name: "origin".into(),
+            url: "http://127.0.0.1:1/count".into(),
+        }];
+        let with = |mut m: Measurement, warmup: u64, delta: u64| {
+            m.load.warmup_requests = warmup;
+            m.counters.insert("origin".into(), delta);
+            m
+        };
+        // measurement() gives rps × 10 s requests: 1000 + warm-up.
+        let ms = [
+            with(measurement(1, "direct", 100.0, 1, 1, 0), 0, 1000),
+            with(measurement(2, "direct", 100.0, 1, 1, 0), 1000, 2000),
+            with(measurement(1, "cathedral", 100.0, 1, 1, 0), 0, 0),
+            with(measurement(2, "cathedral", 100.0, 1, 1, 0), 0, 2),
+        ];
+        assert_eq!(ms[1].client_requests(), 2000);
+        let summary = summarise(&s, &ms);
+        let direct = summary[0].counters["origin"];
+        assert_eq!(direct.per_measurement, 1500.0);
+        assert_eq!(direct.per_client_request, Some(1.0));
+        let cathedral = summary[1].counters["origin"];
+        assert_eq!(cathedral.per_measurement, 1.0);
+        assert_eq!(cathedral.per_client_request, Some(0.001));
+        // Without counters nothing is reported.
+        assert!(summarise(&scenario(), &ms)[0].counters.is_empty());
+    }
+
+    #[test]
+    fn the_quiet_gate_retries_disturbed_measurements_a_bounded_number_of_times() {
+        let gate = QuietGate {
+            max_other_cores: 0.3,
+            max_wait_secs: 60.0,
+            retries: 2,
+        };
+        assert!(!gate.disturbed(0, Some(0.3)));
+        assert!(!gate.disturbed(0, None));
+        assert!(gate.disturbed(0, Some(0.31)));
+        assert!(gate.disturbed(1, Some(1.5)));
+        assert!(
+            !gate.disturbed(2, Some(1.5)),
+            "the last attempt counts whatever happened"
+        );
     }
 }
