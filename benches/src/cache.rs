@@ -282,6 +282,11 @@ async fn run_size(config: &CacheConfig, size: usize) -> anyhow::Result<()> {
                 CacheMode::Always,
                 CacheMode::Sampled,
             ),
+            ratio(
+                "native rate-limit policy ÷ none",
+                CacheMode::RateLimited,
+                CacheMode::Sampled,
+            ),
         ],
         counters: vec![Counter {
             name: ORIGIN_COUNTER.into(),

@@ -20,10 +20,19 @@ pub enum CacheMode {
     Always,
     /// `cache = false` on the route: every request goes to the origin.
     Off,
+    /// Cache on (default integrity) with a native rate-limit policy on the
+    /// route whose limits are far above the offered load: what checking a
+    /// policy costs on the cache-hit path.
+    RateLimited,
 }
 
 impl CacheMode {
-    pub const ALL: [CacheMode; 3] = [CacheMode::Sampled, CacheMode::Always, CacheMode::Off];
+    pub const ALL: [CacheMode; 4] = [
+        CacheMode::Sampled,
+        CacheMode::Always,
+        CacheMode::Off,
+        CacheMode::RateLimited,
+    ];
 
     /// The system's name in tables and results.
     pub fn system_name(self) -> &'static str {
@@ -31,6 +40,7 @@ impl CacheMode {
             CacheMode::Sampled => "cache-1in100",
             CacheMode::Always => "cache-always",
             CacheMode::Off => "cache-off",
+            CacheMode::RateLimited => "cache-ratelimit",
         }
     }
 
@@ -42,6 +52,9 @@ impl CacheMode {
             }
             CacheMode::Always => "cache on, `integrity = \"always\"` (every hit re-hashed)",
             CacheMode::Off => "`cache = false` on the route: every request goes to the origin",
+            CacheMode::RateLimited => {
+                "cache on, plus a native rate-limit policy per client IP with limits far above the load"
+            }
         }
     }
 
@@ -114,8 +127,18 @@ pub fn edge_toml(spec: &NodeSpec) -> String {
          upstream = \"origin\"\n",
         quoted(&format!("http://{}", spec.origin))
     );
-    if spec.mode == CacheMode::Off {
-        out.push_str("cache = false\n");
+    match spec.mode {
+        CacheMode::Off => out.push_str("cache = false\n"),
+        CacheMode::RateLimited => out.push_str(
+            "rate_limits = [\"bench\"]\n\
+             \n\
+             [rate_limits.bench]\n\
+             rate = 1000000\n\
+             per = \"1s\"\n\
+             burst = 1000000\n\
+             key = \"client-ip\"\n",
+        ),
+        CacheMode::Sampled | CacheMode::Always => {}
     }
     out
 }
@@ -176,8 +199,14 @@ mod tests {
 
     #[test]
     fn modes_differ_only_where_they_should() {
-        let [sampled, always, off] =
+        let [sampled, always, off, limited] =
             CacheMode::ALL.map(|m| (bootstrap_toml(&spec(m)), edge_toml(&spec(m))));
+        assert_eq!(
+            limited.0.replace("cache-ratelimit", "cache-1in100"),
+            sampled.0
+        );
+        assert!(limited.1.contains("rate_limits = [\"bench\"]\n"));
+        assert!(limited.1.contains("[rate_limits.bench]\nrate = 1000000\n"));
         assert!(!sampled.0.contains("[cache]") && !off.0.contains("[cache]"));
         assert!(always.0.contains("[cache]\nintegrity = \"always\"\n"));
         assert!(off.1.ends_with("cache = false\n"));
@@ -195,7 +224,15 @@ mod tests {
                 .contains("targets = [\"http://127.0.0.1:18001\"]\n")
         );
         let names: Vec<_> = CacheMode::ALL.iter().map(|m| m.system_name()).collect();
-        assert_eq!(names, ["cache-1in100", "cache-always", "cache-off"]);
+        assert_eq!(
+            names,
+            [
+                "cache-1in100",
+                "cache-always",
+                "cache-off",
+                "cache-ratelimit"
+            ]
+        );
     }
 
     /// The `cathedral` binary to check configs with: `CATHEDRAL_BIN`, else the newer of
