@@ -216,18 +216,7 @@ upstream = "origin"
 #[tokio::test]
 async fn slow_origin_is_504() {
     let origin = Origin::start().await;
-    let config = format!(
-        r#"
-[upstreams.origin]
-targets = ["{}"]
-first_byte_timeout = "200ms"
-
-[routes.all]
-path = "/"
-upstream = "origin"
-"#,
-        origin.url()
-    );
+    let config = proxy_config_with(&origin.url(), "first_byte_timeout = \"200ms\"");
     let node = TestNode::start(&config).await;
     let (status, _, body) = get(&node.url("/silent")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -245,18 +234,7 @@ upstream = "origin"
 #[tokio::test]
 async fn h2_upstream() {
     let origin = Origin::start_h2().await;
-    let config = format!(
-        r#"
-[upstreams.origin]
-targets = ["{}"]
-protocol = "h2"
-
-[routes.all]
-path = "/"
-upstream = "origin"
-"#,
-        origin.url()
-    );
+    let config = proxy_config_with(&origin.url(), "protocol = \"h2\"");
     let node = TestNode::start(&config).await;
     let req = Request::get(node.url("/echo"))
         .header("host", "site.example")
@@ -274,18 +252,9 @@ async fn total_timeout_cuts_a_slow_body() {
     // The origin's /hold never finishes within 300 ms; the node gives up on
     // the exchange as a whole.
     let origin = Origin::start().await;
-    let config = format!(
-        r#"
-[upstreams.origin]
-targets = ["{}"]
-first_byte_timeout = "5s"
-total_timeout = "300ms"
-
-[routes.all]
-path = "/"
-upstream = "origin"
-"#,
-        origin.url()
+    let config = proxy_config_with(
+        &origin.url(),
+        "first_byte_timeout = \"5s\"\ntotal_timeout = \"300ms\"",
     );
     let node = TestNode::start(&config).await;
     let (status, _, _) = get(&node.url("/hold")).await;

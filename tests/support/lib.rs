@@ -504,10 +504,16 @@ impl TestNode {
 }
 
 pub fn proxy_config(origin_url: &str) -> String {
+    proxy_config_with(origin_url, "")
+}
+
+/// [`proxy_config`] with `upstream_keys` (TOML lines) added to the upstream.
+pub fn proxy_config_with(origin_url: &str, upstream_keys: &str) -> String {
     format!(
         r#"
 [upstreams.origin]
 targets = ["{origin_url}"]
+{upstream_keys}
 
 [routes.all]
 path = "/"
