@@ -1,4 +1,4 @@
-//! The bootstrap file's tables (`[node]`, `[[listen]]`, `[tls]`, `[admin]`, `[limits]`, `[cache]`, `[wasm]`) to a validated [`Bootstrap`], overrides applied.
+//! The bootstrap file's tables (`[node]`, `[[listen]]`, `[tls]`, `[admin]`, `[limits]`, `[cache]`, `[wasm]`, `[bundles]`) to a validated [`Bootstrap`], overrides applied.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -7,16 +7,16 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::{Table, Value};
 
-use crate::error::{ConfigErrors, FileInfo, Key, Result, Sink};
+use crate::error::{ConfigErrors, FileInfo, Key, Result, Sink, toml_string};
 use crate::merge::Origins;
 use crate::raw::{
-    ArtifactCache, Count, RawAdmin, RawCache, RawCertificate, RawLimits, RawListen, RawNode,
-    RawTls, RawWasm, check_keys, describe, section, table_section,
+    ArtifactCache, Count, RawAdmin, RawBundles, RawCache, RawCertificate, RawLimits, RawListen,
+    RawNode, RawTls, RawWasm, check_keys, describe, section, table_section,
 };
 use crate::size::{format_duration, format_size};
 use crate::types::{
-    Admin, Bootstrap, CacheSettings, Certificate, IntegrityCheck, Limits, Listener, TlsListener,
-    TlsVersion, WasmSettings,
+    Admin, Bootstrap, BundleSettings, CacheSettings, Certificate, IntegrityCheck, Limits, Listener,
+    TlsListener, TlsVersion, WasmSettings,
 };
 use crate::validate;
 
@@ -55,7 +55,9 @@ const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 /// Below 1 MiB the cache could hold next to nothing.
 const MIN_CACHE_MEMORY: u64 = 1 << 20;
 
-const TABLES: &[&str] = &["node", "listen", "tls", "admin", "limits", "cache", "wasm"];
+const TABLES: &[&str] = &[
+    "node", "listen", "tls", "admin", "limits", "cache", "wasm", "bundles",
+];
 
 /// `[wasm] max_instances` bounds.
 pub(crate) const MAX_WASM_INSTANCES: u32 = 100_000;
@@ -171,6 +173,10 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
             "modules" => Some(
                 "modules belong in the edge config (node.edge_config) or a region overlay; the node-wide engine settings are [wasm]",
             ),
+            "bundle" => Some("did you mean [bundles]?"),
+            "origins" | "environment" | "root_keys" | "root_threshold" => {
+                Some("this key belongs in [bundles]")
+            }
             _ => None,
         },
         &mut sink,
@@ -374,6 +380,15 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
     let wasm = build_wasm(table.get("wasm"), &root.field("wasm"), &base_dir, &mut sink);
     let max_memory = (sink.error_count() == wasm_errors).then_some(wasm.max_memory_bytes);
 
+    // [bundles]. Its scope is `environment` plus `node.region`, which
+    // `check_region_id` above already keeps to a plain name.
+    let bundles = build_bundles(
+        table.get("bundles"),
+        &root.field("bundles"),
+        &base_dir,
+        &mut sink,
+    );
+
     // Overrides.
     if let Some(addr) = overrides.listen {
         plain = vec![(
@@ -469,6 +484,7 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
         regions_dir,
         cache,
         wasm,
+        bundles,
     };
     let result = match ConfigErrors::from_vec(sink.into_errors()) {
         None => Ok(bootstrap),
@@ -788,6 +804,268 @@ fn build_wasm(
         }
     }
     wasm
+}
+
+/// `[bundles]` bounds and defaults (see `docs/configuration.md`).
+pub(crate) const DEFAULT_BUNDLE_STATE_DIR: &str = ".cathedral/bundles";
+const MAX_ORIGINS: usize = 8;
+const MAX_ROOT_KEYS: usize = 16;
+const DEFAULT_ROOT_THRESHOLD: usize = 1;
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// Polling faster than once a second only loads the origin.
+const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HEALTH_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_MANIFEST: u64 = 8 << 20;
+const MIN_MAX_MANIFEST: u64 = 1 << 10;
+const MAX_MAX_MANIFEST: u64 = 64 << 20;
+const DEFAULT_MAX_BUNDLE: u64 = 2 << 30;
+const MIN_MAX_BUNDLE: u64 = 1 << 20;
+const MAX_MAX_BUNDLE: u64 = 1 << 40;
+const DEFAULT_KEEP: usize = 3;
+/// `activate --previous` needs the active bundle and one before it.
+const MIN_KEEP: usize = 2;
+const MAX_KEEP: usize = 20;
+
+/// `[bundles]`: `None` when the table is absent (local mode). When it is
+/// present the settings are returned even if some keys were wrong (those
+/// are reported and left at their defaults).
+fn build_bundles(
+    value: Option<&Value>,
+    key: &Key,
+    base_dir: &std::path::Path,
+    sink: &mut Sink<'_>,
+) -> Option<BundleSettings> {
+    let parsed = section::<RawBundles>(Some(value?), key, sink)?;
+    let mut bundles = BundleSettings {
+        origins: Vec::new(),
+        environment: String::new(),
+        root_keys: Vec::new(),
+        root_threshold: DEFAULT_ROOT_THRESHOLD,
+        state_dir: validate::resolve(base_dir, DEFAULT_BUNDLE_STATE_DIR),
+        poll_interval: DEFAULT_POLL_INTERVAL,
+        fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+        max_manifest_bytes: DEFAULT_MAX_MANIFEST,
+        max_bundle_bytes: DEFAULT_MAX_BUNDLE,
+        keep: DEFAULT_KEEP,
+        health_grace: DEFAULT_HEALTH_GRACE,
+    };
+    let raw = &parsed.value;
+    let required = |name: &str, expected: &str, sink: &mut Sink<'_>| {
+        if !parsed.is_bad(name) {
+            sink.push(
+                &key.field(name),
+                format!("required key is missing (expected {expected})"),
+            );
+        }
+    };
+
+    let origins_key = key.field("origins");
+    match &raw.origins {
+        None => required(
+            "origins",
+            "URLs like [\"https://origin.example.net\"]",
+            sink,
+        ),
+        Some(urls) => {
+            list_length(
+                urls.len(),
+                MAX_ORIGINS,
+                "origins",
+                "URL",
+                &origins_key,
+                sink,
+            );
+            bundles.origins = distinct(urls, &origins_key, validate::origin_url, "", sink);
+        }
+    }
+
+    match &raw.environment {
+        None => required(
+            "environment",
+            "an environment name like \"production\"",
+            sink,
+        ),
+        Some(name) => match validate::environment_name(name) {
+            Ok(()) => bundles.environment.clone_from(name),
+            Err(message) => sink.push(&key.field("environment"), message),
+        },
+    }
+
+    // The number of root keys when every one of them is valid: the bound
+    // of `root_threshold`.
+    let keys_key = key.field("root_keys");
+    let mut key_count = None;
+    match &raw.root_keys {
+        None => required(
+            "root_keys",
+            "the root public keys as hex, like [\"<64 hex digits>\"]",
+            sink,
+        ),
+        Some(keys) => {
+            let errors_before = sink.error_count();
+            list_length(
+                keys.len(),
+                MAX_ROOT_KEYS,
+                "root keys",
+                "key",
+                &keys_key,
+                sink,
+            );
+            let check = |root_key: &str| validate::root_key(root_key).map(|()| root_key.to_owned());
+            let note = "; a threshold counts distinct keys";
+            bundles.root_keys = distinct(keys, &keys_key, check, note, sink);
+            if sink.error_count() == errors_before {
+                key_count = Some(bundles.root_keys.len());
+            }
+        }
+    }
+    if let Some(Count(threshold)) = raw.root_threshold {
+        let (max, why) = match key_count {
+            Some(n) => (n, " (the number of root_keys)"),
+            None => (MAX_ROOT_KEYS, ""),
+        };
+        if (1..=max).contains(&threshold) {
+            bundles.root_threshold = threshold;
+        } else {
+            sink.push(
+                &key.field("root_threshold"),
+                format!("expected an integer between 1 and {max}{why}, found {threshold}"),
+            );
+        }
+    }
+
+    match &raw.state_dir {
+        None => {}
+        Some(dir) if dir.is_empty() => sink.push(
+            &key.field("state_dir"),
+            "expected a directory path, found an empty string",
+        ),
+        Some(dir) => bundles.state_dir = validate::resolve(base_dir, dir),
+    }
+
+    if let Some(duration) = raw.poll_interval {
+        let interval = duration.0;
+        if (MIN_POLL_INTERVAL..=MAX_DURATION).contains(&interval) {
+            bundles.poll_interval = interval;
+        } else {
+            sink.push(
+                &key.field("poll_interval"),
+                format!(
+                    "expected between \"1s\" and \"24h\", found \"{}\"",
+                    format_duration(interval)
+                ),
+            );
+        }
+    }
+    for (name, field, value, zero_ok) in [
+        (
+            "fetch_timeout",
+            &mut bundles.fetch_timeout,
+            raw.fetch_timeout,
+            false,
+        ),
+        (
+            "health_grace",
+            &mut bundles.health_grace,
+            raw.health_grace,
+            true,
+        ),
+    ] {
+        if let Some(duration) = value {
+            match check_duration(duration.0, zero_ok) {
+                Ok(d) => *field = d,
+                Err(message) => sink.push(&key.field(name), message),
+            }
+        }
+    }
+
+    for (name, field, value, min, max) in [
+        (
+            "max_manifest",
+            &mut bundles.max_manifest_bytes,
+            raw.max_manifest,
+            MIN_MAX_MANIFEST,
+            MAX_MAX_MANIFEST,
+        ),
+        (
+            "max_bundle",
+            &mut bundles.max_bundle_bytes,
+            raw.max_bundle,
+            MIN_MAX_BUNDLE,
+            MAX_MAX_BUNDLE,
+        ),
+    ] {
+        if let Some(size) = value {
+            if (min..=max).contains(&size.0) {
+                *field = size.0;
+            } else {
+                sink.push(
+                    &key.field(name),
+                    format!(
+                        "expected between {} and {}, found {}",
+                        format_size(min),
+                        format_size(max),
+                        format_size(size.0)
+                    ),
+                );
+            }
+        }
+    }
+
+    if let Some(Count(keep)) = raw.keep {
+        if (MIN_KEEP..=MAX_KEEP).contains(&keep) {
+            bundles.keep = keep;
+        } else {
+            sink.push(
+                &key.field("keep"),
+                format!("expected an integer between {MIN_KEEP} and {MAX_KEEP}, found {keep}"),
+            );
+        }
+    }
+    Some(bundles)
+}
+
+/// Checks every entry of the list at `key` with `check`, which returns it
+/// in its one spelling, and keeps the distinct ones; a repeat is reported
+/// on its index, naming the entry it repeats (and `note`).
+fn distinct(
+    entries: &[String],
+    key: &Key,
+    check: impl Fn(&str) -> std::result::Result<String, String>,
+    note: &str,
+    sink: &mut Sink<'_>,
+) -> Vec<String> {
+    let mut kept: Vec<(usize, String)> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        match check(entry) {
+            Ok(value) => match kept.iter().find(|(_, k)| *k == value) {
+                Some((first, _)) => sink.push(
+                    &key.index(i),
+                    format!(
+                        "{} is listed twice (same as {}{note})",
+                        toml_string(entry),
+                        key.index(*first)
+                    ),
+                ),
+                None => kept.push((i, value)),
+            },
+            Err(message) => sink.push(&key.index(i), message),
+        }
+    }
+    kept.into_iter().map(|(_, value)| value).collect()
+}
+
+/// A required list holds 1 to `max` entries; reported on the list's key.
+fn list_length(len: usize, max: usize, what: &str, one: &str, key: &Key, sink: &mut Sink<'_>) {
+    if len == 0 {
+        sink.push(
+            key,
+            format!("expected at least one {one}, found an empty array"),
+        );
+    } else if len > max {
+        sink.push(key, format!("expected at most {max} {what}, found {len}"));
+    }
 }
 
 /// A linear memory size: 1 MiB to 4 GiB.

@@ -109,6 +109,7 @@ pub(crate) fn parse(
     overlay: Option<Source<'_>>,
     region: &str,
     memory_cap: Option<&MemoryCap>,
+    files: &dyn crate::validate::FileTree,
 ) -> Result<EdgeConfig> {
     let main = file_info(&global);
     let over = overlay.as_ref().map(file_info);
@@ -149,7 +150,7 @@ pub(crate) fn parse(
         merge(&mut table, overlay_table, OVERLAY, &mut provenance);
     }
     let origins = Origins::merged(main, over, provenance);
-    let mut sink = Sink::new(&origins);
+    let mut sink = Sink::with_files(&origins, files);
     match &overlay {
         Some(source) => {
             let stem = source.name.file_stem().and_then(|s| s.to_str());
@@ -261,7 +262,7 @@ fn build(
         TABLES,
         &root,
         &|name| match name {
-            "node" | "listen" | "tls" | "admin" | "limits" => {
+            "node" | "listen" | "tls" | "admin" | "limits" | "bundles" => {
                 Some("node-local settings belong in the bootstrap file (node.toml)")
             }
             "upstream" | "route" | "rate_limit" | "module" => Some("did you mean the plural?"),
@@ -545,7 +546,7 @@ fn build_upstream(name: &str, value: &Value, key: &Key, sink: &mut Sink<'_>) -> 
             );
         } else {
             let path = validate::resolve(sink.base_dir(&ca_key), path);
-            match validate::existing_file(&path) {
+            match sink.files().check_file(&path) {
                 Ok(()) => ca_file = Some(path),
                 Err(message) => sink.push(&ca_key, message),
             }
@@ -921,7 +922,7 @@ fn build_route(
             None
         } else {
             let root = validate::resolve(sink.base_dir(&static_key), dir);
-            match validate::existing_dir(&root) {
+            match sink.files().check_dir(&root) {
                 Ok(()) => Some(RouteTarget::Static(StaticSite { root, index })),
                 Err(message) => {
                     sink.push(&static_key, message);

@@ -233,15 +233,30 @@ pub(crate) struct FileInfo {
 #[derive(Debug)]
 pub(crate) struct Sink<'a> {
     origins: &'a crate::merge::Origins,
+    files: &'a dyn crate::validate::FileTree,
     errors: Vec<ConfigError>,
 }
 
 impl<'a> Sink<'a> {
     pub(crate) fn new(origins: &'a crate::merge::Origins) -> Self {
+        Self::with_files(origins, &crate::validate::LocalFiles)
+    }
+
+    /// A sink whose file references are checked against `files`.
+    pub(crate) fn with_files(
+        origins: &'a crate::merge::Origins,
+        files: &'a dyn crate::validate::FileTree,
+    ) -> Self {
         Sink {
             origins,
+            files,
             errors: Vec::new(),
         }
+    }
+
+    /// Where file references in this document must point.
+    pub(crate) fn files(&self) -> &'a dyn crate::validate::FileTree {
+        self.files
     }
 
     pub(crate) fn push(&mut self, key: &Key, message: impl Into<String>) {

@@ -9,7 +9,8 @@
 //!
 //! The configuration has two parts. The [`Bootstrap`] stays local to the node
 //! (listeners, certificates, admin token, region, limits, cache and Wasm
-//! engine sizing): [`load_bootstrap`].
+//! engine sizing, and in bundle mode the origins and pinned root keys of
+//! [`BundleSettings`]): [`load_bootstrap`].
 //! The [`EdgeConfig`] is the activated part (routes, upstreams, rate-limit
 //! policies, Wasm modules and the routes' filters and handlers, and what
 //! later features add); in local mode it is read from
@@ -38,6 +39,10 @@ mod validate;
 pub use bootstrap::Overrides;
 pub use edge::Source;
 pub use error::{ConfigError, ConfigErrors, Result};
-pub use load::{default_bootstrap, load, load_bootstrap, load_edge, parse_edge, quick_upstream};
+pub use load::{
+    default_bootstrap, load, load_bootstrap, load_edge, parse_edge, parse_edge_in, quick_upstream,
+};
+pub use modules::MemoryCap;
 pub use render::render_effective;
 pub use types::*;
+pub use validate::{FileTree, LocalFiles};

@@ -17,7 +17,7 @@ use crate::types::{
     Bootstrap, ClassChoice, EdgeConfig, HostHeader, Route, RouteCache, RouteTarget, Scheme,
     Upstream, UpstreamProtocol, UpstreamTls,
 };
-use crate::validate;
+use crate::validate::{self, FileTree, LocalFiles};
 
 /// The pseudo-file errors about built-in defaults (and overrides applied to them) name.
 const DEFAULTS_FILE: &str = "<built-in defaults>";
@@ -102,7 +102,21 @@ pub fn parse_edge(
     overlay: Option<Source<'_>>,
     region: &str,
 ) -> Result<EdgeConfig> {
-    edge::parse(global, overlay, region, None)
+    edge::parse(global, overlay, region, None, &LocalFiles)
+}
+
+/// [`parse_edge`] for an edge config whose file references (module
+/// components, static roots, CA files) are checked against `files` instead
+/// of the local filesystem — a signed bundle's file list — and whose
+/// modules' `memory` must fit `memory_cap` when given.
+pub fn parse_edge_in(
+    global: Source<'_>,
+    overlay: Option<Source<'_>>,
+    region: &str,
+    memory_cap: Option<&MemoryCap>,
+    files: &dyn FileTree,
+) -> Result<EdgeConfig> {
+    edge::parse(global, overlay, region, memory_cap, files)
 }
 
 /// The bootstrap with no file: plain listener 127.0.0.1:8080, admin
@@ -257,6 +271,7 @@ fn edge_from_files(
         }),
         region,
         memory_cap,
+        &LocalFiles,
     )
 }
 

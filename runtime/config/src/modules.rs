@@ -32,7 +32,7 @@ const MAX_MAX_BODY: u64 = 64 << 20;
 /// The bootstrap's `[wasm] max_memory`, which no module's `memory` may
 /// exceed, and how to name it in errors.
 #[derive(Debug, Clone)]
-pub(crate) struct MemoryCap {
+pub struct MemoryCap {
     pub bytes: u64,
     /// E.g. `wasm.max_memory in edge-config/node.toml`.
     pub label: String,
@@ -77,7 +77,7 @@ pub(crate) fn build_module(
         }
         Some(path) => {
             let path = validate::resolve(sink.base_dir(&path_key), path);
-            match validate::existing_file(&path) {
+            match sink.files().check_file(&path) {
                 Ok(()) => Some(path),
                 Err(message) => {
                     sink.push(&path_key, message);

@@ -105,6 +105,24 @@ pub(crate) struct RawWasm {
     pub max_memory: Option<ByteSize>,
 }
 
+/// `[bundles]`. Present means bundle mode; `origins`, `environment` and
+/// `root_keys` are required, which validation reports.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBundles {
+    pub origins: Option<Vec<String>>,
+    pub environment: Option<String>,
+    pub root_keys: Option<Vec<String>>,
+    pub root_threshold: Option<Count>,
+    pub state_dir: Option<String>,
+    pub poll_interval: Option<HumanDuration>,
+    pub fetch_timeout: Option<HumanDuration>,
+    pub max_manifest: Option<ByteSize>,
+    pub max_bundle: Option<ByteSize>,
+    pub keep: Option<Count>,
+    pub health_grace: Option<HumanDuration>,
+}
+
 // ---------------------------------------------------------------------------
 // Edge config and region overlays
 

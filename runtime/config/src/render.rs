@@ -7,15 +7,15 @@ use crate::error::{toml_key, toml_string};
 use crate::modules::fail_text;
 use crate::size::{format_duration, format_size};
 use crate::types::{
-    Bootstrap, CacheMode, CacheSettings, ClassChoice, ContentClassName, EdgeConfig, HostHeader,
-    IntegrityCheck, ModuleConfig, RateLimitKey, RateLimitPolicy, Route, RouteCache, RouteTarget,
-    Scheme, TlsVersion, Upstream, UpstreamProtocol, WasmSettings,
+    Bootstrap, BundleSettings, CacheMode, CacheSettings, ClassChoice, ContentClassName, EdgeConfig,
+    HostHeader, IntegrityCheck, ModuleConfig, RateLimitKey, RateLimitPolicy, Route, RouteCache,
+    RouteTarget, Scheme, TlsVersion, Upstream, UpstreamProtocol, WasmSettings,
 };
 use crate::validate::{rate_limit_key_text, user_id_text};
 
 /// Renders `bootstrap` and `edge` as one TOML document: the bootstrap
 /// tables (`[node]`, `[[listen]]`, `[[tls.certificates]]`, `[admin]`,
-/// `[limits]`, `[cache]`, `[wasm]`), then the edge tables (`[upstreams.*]`,
+/// `[limits]`, `[cache]`, `[wasm]`, `[bundles]` in bundle mode), then the edge tables (`[upstreams.*]`,
 /// `[rate_limits.*]`, `[modules.*]`, `[routes.*]` with their
 /// `[[routes.*.filters]]`).
 /// A module's `config` is shown as the strings the module reads.
@@ -134,6 +134,24 @@ fn render_bootstrap(doc: &mut Doc, b: &Bootstrap) {
 
     render_cache(doc, &b.cache);
     render_wasm(doc, &b.wasm);
+    if let Some(bundles) = &b.bundles {
+        render_bundles(doc, bundles);
+    }
+}
+
+fn render_bundles(doc: &mut Doc, b: &BundleSettings) {
+    doc.table("[bundles]");
+    doc.strings("origins", &b.origins);
+    doc.string("environment", &b.environment);
+    doc.strings("root_keys", &b.root_keys);
+    doc.value("root_threshold", &b.root_threshold.to_string());
+    doc.path("state_dir", &b.state_dir);
+    doc.string("poll_interval", &format_duration(b.poll_interval));
+    doc.string("fetch_timeout", &format_duration(b.fetch_timeout));
+    doc.string("max_manifest", &format_size(b.max_manifest_bytes));
+    doc.string("max_bundle", &format_size(b.max_bundle_bytes));
+    doc.value("keep", &b.keep.to_string());
+    doc.string("health_grace", &format_duration(b.health_grace));
 }
 
 fn render_wasm(doc: &mut Doc, w: &WasmSettings) {

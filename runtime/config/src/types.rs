@@ -39,6 +39,46 @@ pub struct Bootstrap {
     pub cache: CacheSettings,
     /// The WebAssembly engine: node resources, so node-local.
     pub wasm: WasmSettings,
+    /// Bundle mode (`[bundles]`): where signed bundles come from and the
+    /// root of trust they are verified against. `None` (no `[bundles]`
+    /// table) is local mode: the edge config is read from `edge_config`.
+    pub bundles: Option<BundleSettings>,
+}
+
+/// Bundle mode (`[bundles]` in the bootstrap file): the node activates
+/// only signed bundles from its origins (see `docs/bundles.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleSettings {
+    /// Base URLs of the origin, tried in order (1 to 8, `http` or `https`,
+    /// optional path prefix). Distinct, in one spelling: scheme and host
+    /// lower-case, no default port, no trailing `/`.
+    pub origins: Vec<String>,
+    /// The environment whose bundles this node takes (`heads/<environment>/`);
+    /// 1 to 64 lower-case letters, digits and `-`. With the node's region it
+    /// makes the scope a bundle must name.
+    pub environment: String,
+    /// The pinned root (version 1): ed25519 public keys as 64 lower-case hex
+    /// digits, 1 to 16, distinct. Not yet checked to be curve points.
+    pub root_keys: Vec<String>,
+    /// Root keys that must sign (default 1; at most `root_keys.len()`).
+    pub root_threshold: usize,
+    /// Trust state, audit log and bundle store (absolute; default
+    /// `.cathedral/bundles` next to the bootstrap file).
+    pub state_dir: PathBuf,
+    /// Time between polls of the origin (default 30 s, 1 s to 24 h); the
+    /// node adds jitter.
+    pub poll_interval: Duration,
+    /// Deadline of one transfer (default 60 s, at most 24 h).
+    pub fetch_timeout: Duration,
+    /// Largest manifest envelope fetched (default 8 MiB, 1 KiB to 64 MiB).
+    pub max_manifest_bytes: u64,
+    /// Largest bundle, all files together (default 2 GiB, 1 MiB to 1 TiB).
+    pub max_bundle_bytes: u64,
+    /// Bundles kept on disk for `activate --previous` (default 3, 2 to 20).
+    pub keep: usize,
+    /// How long the node watches its health after an activation before it
+    /// keeps the new bundle (default 10 s, at most 24 h; zero: no watch).
+    pub health_grace: Duration,
 }
 
 /// Engine-wide WebAssembly settings (`[wasm]` in the bootstrap file).

@@ -177,25 +177,12 @@ pub(crate) fn parse_target(url: &str) -> Result<(Scheme, String), String> {
         ));
     }
     let host = host_name(authority.host()).ok_or_else(expected)?;
-    // What follows the host: "" or ":<port>".
-    let port_text = authority
-        .as_str()
-        .get(authority.host().len()..)
-        .unwrap_or("");
-    let port = match port_text.strip_prefix(':') {
-        None if port_text.is_empty() => match scheme {
+    let port = match explicit_port(authority, &quoted, expected)? {
+        Some(port) => port,
+        None => match scheme {
             Scheme::Http => 80,
             Scheme::Https => 443,
         },
-        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
-            match digits.parse::<u16>() {
-                Ok(0) | Err(_) => {
-                    return Err(format!("{quoted}: the port must be between 1 and 65535"));
-                }
-                Ok(port) => port,
-            }
-        }
-        _ => return Err(expected()),
     };
     if !matches!(uri.path(), "" | "/") {
         return Err(format!(
@@ -207,6 +194,136 @@ pub(crate) fn parse_target(url: &str) -> Result<(Scheme, String), String> {
         return Err(format!("{quoted}: a target URL has no query"));
     }
     Ok((scheme, format!("{host}:{port}")))
+}
+
+/// The port written after the host, if any: 1 to 65535, digits only.
+/// `expected()` is the error when what follows the host is not `:<digits>`.
+fn explicit_port(
+    authority: &Authority,
+    quoted: &str,
+    expected: impl Fn() -> String,
+) -> Result<Option<u16>, String> {
+    // What follows the host: "" or ":<port>".
+    let port_text = authority
+        .as_str()
+        .get(authority.host().len()..)
+        .unwrap_or("");
+    match port_text.strip_prefix(':') {
+        None if port_text.is_empty() => Ok(None),
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            match digits.parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("{quoted}: the port must be between 1 and 65535")),
+                Ok(port) => Ok(Some(port)),
+            }
+        }
+        _ => Err(expected()),
+    }
+}
+
+pub(crate) const ORIGIN_EXPECTED: &str =
+    r#"a URL like "https://origin.example.net" or "https://bucket.example.net/cathedral""#;
+
+/// A bundle origin (`[bundles] origins`): `http` or `https`, a host, an
+/// optional port and an optional path prefix of whole segments; no query,
+/// fragment or user info. Returned in one spelling, so that two ways of
+/// writing one origin compare equal: scheme and host lower-cased, the
+/// scheme's default port left out, no trailing `/`
+/// (`HTTPS://Origin.example.net:443/cathedral/` is
+/// `https://origin.example.net/cathedral`).
+pub(crate) fn origin_url(url: &str) -> Result<String, String> {
+    let quoted = toml_string(url);
+    let expected = || format!("expected {ORIGIN_EXPECTED}, found {quoted}");
+    if url.contains('#') {
+        return Err(format!("{quoted}: an origin URL has no fragment"));
+    }
+    let uri: Uri = url.parse().map_err(|_| expected())?;
+    let (scheme, default_port) = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") => ("http", 80),
+        Some(s) if s.eq_ignore_ascii_case("https") => ("https", 443),
+        Some(other) => {
+            return Err(format!(
+                "{quoted}: unsupported scheme {} (expected \"http\" or \"https\")",
+                toml_string(other)
+            ));
+        }
+        None => return Err(expected()),
+    };
+    let Some(authority) = uri.authority() else {
+        return Err(expected());
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{quoted}: an origin URL has no user info (credentials)"
+        ));
+    }
+    let host = host_name(authority.host()).ok_or_else(expected)?;
+    let port = match explicit_port(authority, &quoted, expected)? {
+        Some(port) if port != default_port => format!(":{port}"),
+        _ => String::new(),
+    };
+    if uri.query().is_some() {
+        return Err(format!("{quoted}: an origin URL has no query"));
+    }
+    let path = match uri.path() {
+        "" | "/" => String::new(),
+        // RFC 3986 path characters only: URL parsers disagree about the
+        // others (a WHATWG parser reads `\\` as `/`), and a prefix needs none.
+        path if !path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&b)) =>
+        {
+            return Err(format!(
+                "{quoted}: expected a path prefix of letters, digits and -._~!$&'()*+,;=:@/ (no percent-encoding), found {}",
+                toml_string(path)
+            ));
+        }
+        path => path_prefix(path).map_err(|message| format!("{quoted}: {message}"))?,
+    };
+    Ok(format!("{scheme}://{host}{port}{path}"))
+}
+
+/// A bundle environment (`[bundles] environment`): it names a directory
+/// on the origin (`heads/<environment>/`), so it is kept plain.
+pub(crate) fn environment_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected an environment name like \"production\" (1 to 64 lower-case letters, digits and '-', not starting with '-'), found {}",
+            toml_string(name)
+        ))
+    }
+}
+
+/// A pinned root key (`[bundles] root_keys`): an ed25519 public key as 64
+/// lower-case hex digits. Whether it is a usable curve point is checked by
+/// the node, which knows ed25519; this crate does not.
+pub(crate) fn root_key(key: &str) -> Result<(), String> {
+    let hex = key.bytes().all(|b| b.is_ascii_hexdigit());
+    if key.len() == 64 && hex && !key.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Ok(());
+    }
+    let chars = key.chars().count();
+    let found = if chars == 64 {
+        toml_string(key)
+    } else {
+        let plural = if chars == 1 { "" } else { "s" };
+        format!("{} ({chars} character{plural})", toml_string(key))
+    };
+    let hint = if hex && key.len() == 64 {
+        " (write the hex digits in lower case)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "expected an ed25519 public key as 64 lower-case hex digits, found {found}{hint}"
+    ))
 }
 
 /// A route's path prefix: starts with `/`, whole segments (no empty, `.` or
@@ -515,6 +632,30 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
         out.push(".");
     }
     out
+}
+
+/// Where the files an edge config refers to (module components, static
+/// roots, CA files) must exist: on the local filesystem, or in a bundle's
+/// file list (where absolute paths are rooted at the bundle).
+pub trait FileTree: std::fmt::Debug {
+    /// `path` (absolute) must name a file.
+    fn check_file(&self, path: &Path) -> Result<(), String>;
+    /// `path` (absolute) must name a directory.
+    fn check_dir(&self, path: &Path) -> Result<(), String>;
+}
+
+/// The local filesystem.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalFiles;
+
+impl FileTree for LocalFiles {
+    fn check_file(&self, path: &Path) -> Result<(), String> {
+        existing_file(path)
+    }
+
+    fn check_dir(&self, path: &Path) -> Result<(), String> {
+        existing_dir(path)
+    }
 }
 
 /// The path must name an existing regular file.
@@ -872,6 +1013,173 @@ mod tests {
                 )),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn origin_urls() {
+        fn check(input: &str, expected: Result<&str, &str>) {
+            assert_eq!(
+                origin_url(input),
+                expected.map(str::to_owned).map_err(str::to_owned),
+                "input {input:?}"
+            );
+            // The one spelling is its own spelling.
+            if let Ok(origin) = expected {
+                assert_eq!(origin_url(origin).as_deref(), Ok(origin), "{origin:?}");
+            }
+        }
+        let expected = |found: &str| {
+            format!(
+                r#"expected a URL like "https://origin.example.net" or "https://bucket.example.net/cathedral", found "{found}""#
+            )
+        };
+        check(
+            "https://origin.example.net",
+            Ok("https://origin.example.net"),
+        );
+        check(
+            "https://origin.example.net/",
+            Ok("https://origin.example.net"),
+        );
+        check(
+            "HTTP://Origin.Example.NET:80/",
+            Ok("http://origin.example.net"),
+        );
+        check("https://o.example:443", Ok("https://o.example"));
+        check("http://o.example:443", Ok("http://o.example:443"));
+        check("https://o.example:80", Ok("https://o.example:80"));
+        check(
+            "https://bucket.example.net/cathedral/",
+            Ok("https://bucket.example.net/cathedral"),
+        );
+        check(
+            "https://bucket.example.net/a/b-c/d_e.f",
+            Ok("https://bucket.example.net/a/b-c/d_e.f"),
+        );
+        check("http://127.0.0.1:7000", Ok("http://127.0.0.1:7000"));
+        check("http://[::1]:7000/x", Ok("http://[::1]:7000/x"));
+        check("http://[0:0::1]", Ok("http://[::1]"));
+        check(
+            "ftp://o.example",
+            Err(r#""ftp://o.example": unsupported scheme "ftp" (expected "http" or "https")"#),
+        );
+        check("o.example", Err(&expected("o.example")));
+        check("/cathedral", Err(&expected("/cathedral")));
+        check("https://", Err(&expected("https://")));
+        check("", Err(&expected("")));
+        check("https://o_x.example", Err(&expected("https://o_x.example")));
+        check("https://o.example:", Err(&expected("https://o.example:")));
+        check(
+            "https://o.example:+1",
+            Err(&expected("https://o.example:+1")),
+        );
+        check(
+            "https://o.example:65536",
+            Err(r#""https://o.example:65536": the port must be between 1 and 65535"#),
+        );
+        check(
+            "https://o.example?a=1",
+            Err(r#""https://o.example?a=1": an origin URL has no query"#),
+        );
+        check(
+            "https://o.example/x?",
+            Err(r#""https://o.example/x?": an origin URL has no query"#),
+        );
+        check(
+            "https://o.example/x#",
+            Err(r#""https://o.example/x#": an origin URL has no fragment"#),
+        );
+        check(
+            "https://u@o.example",
+            Err(r#""https://u@o.example": an origin URL has no user info (credentials)"#),
+        );
+        for bad_path in ["/a//b", "/./a", "/a/..", "//"] {
+            let url = format!("https://o.example{bad_path}");
+            assert_eq!(
+                origin_url(&url),
+                Err(format!(
+                    r#""{url}": expected a path without empty, "." or ".." segments, found "{bad_path}""#
+                ))
+            );
+        }
+        check(
+            "https://o.example/a:b@c/d;e=f,g+h$i!j*k(l)m'n&o~p",
+            Ok("https://o.example/a:b@c/d;e=f,g+h$i!j*k(l)m'n&o~p"),
+        );
+        for bad_path in ["/%41", "/a\\b", "/a|b", "/a^b", "/a\"b", "/é"] {
+            let url = format!("https://o.example{bad_path}");
+            let message = origin_url(&url);
+            if url.parse::<Uri>().is_ok() {
+                assert_eq!(
+                    message,
+                    Err(format!(
+                        "{}: expected a path prefix of letters, digits and -._~!$&'()*+,;=:@/ (no percent-encoding), found {}",
+                        toml_string(&url),
+                        toml_string(bad_path)
+                    ))
+                );
+            } else {
+                assert_eq!(message, Err(expected(&url)), "{url:?}");
+            }
+        }
+        assert!(origin_url("https://o.example/a b").is_err());
+    }
+
+    #[test]
+    fn environment_names() {
+        for good in ["production", "staging-2", "p", "0", &"a".repeat(64)] {
+            assert_eq!(environment_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-prod",
+            "Prod",
+            "prod_1",
+            "a.b",
+            "a/b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert_eq!(
+                environment_name(bad),
+                Err(format!(
+                    "expected an environment name like \"production\" (1 to 64 lower-case letters, digits and '-', not starting with '-'), found {}",
+                    toml_string(bad)
+                )),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn root_keys() {
+        let good = "0123456789abcdef".repeat(4);
+        assert_eq!(root_key(&good), Ok(()));
+        let expected = "expected an ed25519 public key as 64 lower-case hex digits, found";
+        let upper = good.to_uppercase();
+        let one_upper = good.replacen('a', "A", 1);
+        let non_hex = good.replacen('0', "g", 1);
+        let short = good[..63].to_owned();
+        let long = format!("{good}0");
+        let prefixed = format!("0x{}", &good[2..]);
+        let spaced = format!(" {}", &good[1..]);
+        let wide = "é".repeat(32);
+        let lower_case = " (write the hex digits in lower case)";
+        for (bad, note) in [
+            (&upper, lower_case),
+            (&one_upper, lower_case),
+            (&non_hex, ""),
+            (&short, " (63 characters)"),
+            (&long, " (65 characters)"),
+            (&String::new(), " (0 characters)"),
+            (&prefixed, ""),
+            (&spaced, ""),
+            (&wide, " (32 characters)"),
+            (&String::from("a"), " (1 character)"),
+        ] {
+            let found = format!("{}{note}", toml_string(bad));
+            assert_eq!(root_key(bad), Err(format!("{expected} {found}")), "{bad:?}");
         }
     }
 

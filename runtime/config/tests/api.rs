@@ -10,11 +10,11 @@ use std::time::Duration;
 mod common;
 
 use cathedral_config::{
-    CacheMode, CacheSettings, ClassChoice, ConfigError, ContentClassName, FailPolicy, FilterRef,
-    HandlerTarget, HostHeader, IntegrityCheck, Limits, ModuleConfig, Overrides, RateLimitKey,
-    RateLimitPolicy, RouteCache, RouteTarget, Scheme, Source, TlsVersion, UpstreamTls,
-    UserIdSource, WasmSettings, default_bootstrap, load, load_bootstrap, load_edge, parse_edge,
-    quick_upstream, render_effective,
+    BundleSettings, CacheMode, CacheSettings, ClassChoice, ConfigError, ContentClassName,
+    FailPolicy, FilterRef, HandlerTarget, HostHeader, IntegrityCheck, Limits, ModuleConfig,
+    Overrides, RateLimitKey, RateLimitPolicy, RouteCache, RouteTarget, Scheme, Source, TlsVersion,
+    UpstreamTls, UserIdSource, WasmSettings, default_bootstrap, load, load_bootstrap, load_edge,
+    parse_edge, quick_upstream, render_effective,
 };
 
 fn addr(s: &str) -> SocketAddr {
@@ -156,6 +156,186 @@ fn wasm_settings() {
             Err(messages) => assert_eq!(keyed(&got.unwrap_err()), messages, "{text}"),
         }
     }
+}
+
+const ROOT_A: &str = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+const ROOT_B: &str = "ec3353fa9d9bd15c02f83155b516cd88b2f1beed488bb0988d2cd5f7442e76a4";
+
+/// `[bundles]`: absent is local mode; the required keys alone give the
+/// documented defaults with `state_dir` next to the bootstrap file; every
+/// bound is inclusive; what the golden files cannot show (the table not
+/// being a table, an empty table, a zero threshold against known keys) is
+/// an error on the right key. Every accepted case round-trips.
+#[test]
+fn bundle_settings() {
+    assert_eq!(
+        default_bootstrap(&Overrides::default()).unwrap().bundles,
+        None
+    );
+    let dir = tree(&[("etc/node.toml", "")]);
+    let path = dir.path().join("etc/node.toml");
+    assert_eq!(
+        load_bootstrap(&path, &Overrides::default())
+            .unwrap()
+            .bundles,
+        None
+    );
+
+    let required = format!(
+        "[bundles]\norigins = ['https://origin.example.net']\nenvironment = 'production'\nroot_keys = ['{ROOT_A}']\n"
+    );
+    let defaults = BundleSettings {
+        origins: vec!["https://origin.example.net".into()],
+        environment: "production".into(),
+        root_keys: vec![ROOT_A.into()],
+        root_threshold: 1,
+        state_dir: dir.path().join("etc/.cathedral/bundles"),
+        poll_interval: Duration::from_secs(30),
+        fetch_timeout: Duration::from_secs(60),
+        max_manifest_bytes: 8 << 20,
+        max_bundle_bytes: 2 << 30,
+        keep: 3,
+        health_grace: Duration::from_secs(10),
+    };
+    let eight_origins: Vec<String> = (1..=8)
+        .map(|i| format!("'https://o{i}.example.net/p'"))
+        .collect();
+    let sixteen_keys: Vec<String> = (0..16u8)
+        .map(|i| format!("'{}'", format!("{i:02x}").repeat(32)))
+        .collect();
+    for (text, expected) in [
+        (required.clone(), Ok(defaults.clone())),
+        // Lower bounds, sizes as integers, an absolute state_dir.
+        (
+            format!(
+                "{required}root_threshold = 1\nstate_dir = '/var/lib/cathedral'\npoll_interval = '1s'\nfetch_timeout = '1ms'\nmax_manifest = 1024\nmax_bundle = 1048576\nkeep = 2\nhealth_grace = '0s'"
+            ),
+            Ok(BundleSettings {
+                state_dir: "/var/lib/cathedral".into(),
+                poll_interval: Duration::from_secs(1),
+                fetch_timeout: Duration::from_millis(1),
+                max_manifest_bytes: 1024,
+                max_bundle_bytes: 1 << 20,
+                keep: 2,
+                health_grace: Duration::ZERO,
+                ..defaults.clone()
+            }),
+        ),
+        // Upper bounds: 8 origins, 16 keys, a 16-of-16 root, a state_dir
+        // relative to etc/.
+        (
+            format!(
+                "[bundles]\norigins = [{}]\nenvironment = '{}'\nroot_keys = [{}]\nroot_threshold = 16\nstate_dir = '../state'\npoll_interval = '24h'\nfetch_timeout = '24h'\nmax_manifest = '64MiB'\nmax_bundle = '1024GiB'\nkeep = 20\nhealth_grace = '24h'",
+                eight_origins.join(", "),
+                "e".repeat(64),
+                sixteen_keys.join(", ")
+            ),
+            Ok(BundleSettings {
+                origins: (1..=8)
+                    .map(|i| format!("https://o{i}.example.net/p"))
+                    .collect(),
+                environment: "e".repeat(64),
+                root_keys: (0..16u8).map(|i| format!("{i:02x}").repeat(32)).collect(),
+                root_threshold: 16,
+                state_dir: dir.path().join("state"),
+                poll_interval: Duration::from_secs(86_400),
+                fetch_timeout: Duration::from_secs(86_400),
+                max_manifest_bytes: 64 << 20,
+                max_bundle_bytes: 1 << 40,
+                keep: 20,
+                health_grace: Duration::from_secs(86_400),
+            }),
+        ),
+        (
+            format!(
+                "[bundles]\norigins = ['https://a.example.net', 'https://b.example.net']\nenvironment = 'production'\nroot_keys = ['{ROOT_A}', '{ROOT_B}']\nroot_threshold = 2"
+            ),
+            Ok(BundleSettings {
+                origins: vec![
+                    "https://a.example.net".into(),
+                    "https://b.example.net".into(),
+                ],
+                root_keys: vec![ROOT_A.into(), ROOT_B.into()],
+                root_threshold: 2,
+                ..defaults.clone()
+            }),
+        ),
+        (
+            String::from("bundles = 'on'"),
+            Err(vec![r#"bundles: expected a table, found the string "on""#]),
+        ),
+        (
+            String::from("bundles = {}"),
+            Err(vec![
+                r#"bundles.origins: required key is missing (expected URLs like ["https://origin.example.net"])"#,
+                r#"bundles.environment: required key is missing (expected an environment name like "production")"#,
+                r#"bundles.root_keys: required key is missing (expected the root public keys as hex, like ["<64 hex digits>"])"#,
+            ]),
+        ),
+        (
+            format!("{required}root_threshold = 0"),
+            Err(vec![
+                "bundles.root_threshold: expected an integer between 1 and 1 (the number of root_keys), found 0",
+            ]),
+        ),
+        (
+            format!("{required}root_threshold = 2"),
+            Err(vec![
+                "bundles.root_threshold: expected an integer between 1 and 1 (the number of root_keys), found 2",
+            ]),
+        ),
+        (
+            format!(
+                "[bundles]\norigins = ['https://a.example.net', 'https://b.example.net', 'HTTPS://A.example.net/']\nenvironment = 'production'\nroot_keys = ['{ROOT_A}']"
+            ),
+            Err(vec![
+                r#"bundles.origins[2]: "HTTPS://A.example.net/" is listed twice (same as bundles.origins[0])"#,
+            ]),
+        ),
+        (
+            format!("{required}fetch_timeout = '24h 1ns'\nhealth_grace = '-1s'"),
+            Err(vec![
+                r#"bundles.health_grace: expected a duration like "2s", found "-1s""#,
+                r#"bundles.fetch_timeout: expected at most "24h", found "1day 1ns""#,
+            ]),
+        ),
+    ] {
+        fs::write(&path, &text).unwrap();
+        let got = load_bootstrap(&path, &Overrides::default());
+        match expected {
+            Ok(bundles) => {
+                let bootstrap = got.unwrap_or_else(|e| panic!("{text}: {e}"));
+                assert_eq!(bootstrap.bundles, Some(bundles), "{text}");
+                let edge = quick_upstream("http://127.0.0.1:1", "us-east-1").unwrap();
+                let rendered = render_effective(&bootstrap, &edge);
+                assert!(rendered.contains("\n[bundles]\n"), "{rendered}");
+                common::round_trip(&bootstrap, &edge, &rendered);
+            }
+            Err(messages) => assert_eq!(keyed(&got.unwrap_err()), messages, "{text}"),
+        }
+    }
+
+    // Local mode renders no [bundles] table, and round-trips to local mode.
+    fs::write(&path, "").unwrap();
+    let bootstrap = load_bootstrap(&path, &Overrides::default()).unwrap();
+    let edge = quick_upstream("http://127.0.0.1:1", "us-east-1").unwrap();
+    let rendered = render_effective(&bootstrap, &edge);
+    assert!(!rendered.contains("[bundles]"), "{rendered}");
+    common::round_trip(&bootstrap, &edge, &rendered);
+
+    // The region names the bundle scope: an overridden region is checked
+    // in bundle mode as in local mode.
+    fs::write(&path, &required).unwrap();
+    let overrides = Overrides {
+        region: Some("eu_west".into()),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        keyed(&load_bootstrap(&path, &overrides).unwrap_err()),
+        [
+            r#"node.region: expected a region id like "us-east-1" (lower-case letters, digits and '-'), found "eu_west" (from overrides)"#
+        ]
+    );
 }
 
 /// Modules through the in-memory entry point: an overlay overrides single
@@ -1032,6 +1212,8 @@ fn hostile_input_is_an_error_not_a_panic() {
         "[rate_limits.a]\nrate = 1\nkey = 'user-id'\n[routes.a]\npath = '/'\nstatic = '.'\nrate_limits = ['a', 'a', 'b']\nuser_id = 'cookie:'",
         "wasm = 1\nmodules = 2\n[routes.a]\npath = '/'\nhandler = 3\nfilters = [[], {}, '', 1e400]\nbackends = [1]",
         "[wasm]\nartifact_cache = '\\u0000'\nmax_instances = 9223372036854775807\nmax_memory = '18446744073709551615'\n[modules.\"\"]\npath = '\\u0000'\nmemory = '18446744073709551615'\ncpu_deadline = '99999999999999999h'\nwall_timeout = '99999999999999999h'\nrate_limits = [[]]\nconfig = { \"\" = nan, a = [inf, { b = -inf }] }",
+        "[bundles]\norigins = ['http://[::1', '', 'https://a:99999999999999999999', \"https://\\u0000\", \"http://a/\\u0000\", 'http://a/\\x', 'https://a/b/../..']\nenvironment = \"\\u0000\"\nroot_keys = [\"\\u00e9\\u00e9\", '', \"\\u0000\"]\nroot_threshold = 9223372036854775807\nstate_dir = \"\\u0000\"\npoll_interval = '99999999999999999h'\nmax_manifest = '18446744073709551615'\nmax_bundle = 9223372036854775807\nkeep = 9223372036854775807\nhealth_grace = '1ns'",
+        "bundles = []\n[[bundles]]",
         "[modules.a]\npath = '.'\nconfig = { x = 1979-05-27T07:32:00Z }\n[routes.a]\npath = '/'\nhandler = 'a'\nfilters = ['a', 'a', { module = 'a', max_body = '18446744073709551615', fail = 1 }]\nbackends = ['a', 'a']",
     ];
     let dir = tree(&[("regions/us-east-1.toml", US_EAST)]);
