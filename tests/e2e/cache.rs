@@ -600,7 +600,7 @@ async fn quick_mode_uses_pure_rfc_freshness() {
         Scripted::ok("png", &[("content-type", "image/png")]),
     );
     let edge = cathedral_config::quick_upstream(&origin.url(), "us-east-1").unwrap();
-    let source = Arc::new(FixedEdge(edge.clone()));
+    let source = Arc::new(FixedSource(edge.clone()));
     let handle = cathedral_edge::Node::start(loopback_bootstrap(), edge, source)
         .await
         .unwrap();
@@ -612,15 +612,6 @@ async fn quick_mode_uses_pure_rfc_freshness() {
         2,
         "no default TTL without freshness information"
     );
-}
-
-#[derive(Debug)]
-struct FixedEdge(cathedral_config::EdgeConfig);
-
-impl cathedral_edge::ConfigSource for FixedEdge {
-    fn load(&self) -> Result<cathedral_config::EdgeConfig, String> {
-        Ok(self.0.clone())
-    }
 }
 
 #[tokio::test]

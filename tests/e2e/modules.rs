@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cathedral_config::{Bootstrap, EdgeConfig, Overrides};
+use cathedral_config::{Bootstrap, Overrides};
 use cathedral_e2e::*;
-use cathedral_edge::{ConfigSource, Node};
+use cathedral_edge::Node;
 use cathedral_wasm_test_artifacts as guests;
 use http::{Request, StatusCode};
 
@@ -590,24 +590,18 @@ filters = ["vault"]
     )
 }
 
-/// A configuration source that always gives the same config.
-#[derive(Debug)]
-struct Fixed(EdgeConfig);
-
-impl ConfigSource for Fixed {
-    fn load(&self) -> Result<EdgeConfig, String> {
-        Ok(self.0.clone())
-    }
-}
-
 #[tokio::test]
 async fn a_module_importing_what_we_do_not_provide_is_refused() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let edge = parse_edge(&bad_import_config(&origin.url()), dir.path()).unwrap();
-    let err = Node::start(loopback_bootstrap(), edge.clone(), Arc::new(Fixed(edge)))
-        .await
-        .expect_err("the node does not start with a module it cannot link");
+    let err = Node::start(
+        loopback_bootstrap(),
+        edge.clone(),
+        Arc::new(FixedSource(edge)),
+    )
+    .await
+    .expect_err("the node does not start with a module it cannot link");
     let text = err.to_string();
     assert!(text.contains("vault"), "names the module: {text}");
     assert!(
@@ -780,7 +774,7 @@ async fn demo_node(region: &str) -> cathedral_edge::NodeHandle {
     let (mut bootstrap, edge) =
         cathedral_config::load(&node_toml, &overrides).unwrap_or_else(|e| panic!("{e}"));
     bootstrap.wasm.artifact_cache = None;
-    Node::start(bootstrap, edge.clone(), Arc::new(Fixed(edge)))
+    Node::start(bootstrap, edge.clone(), Arc::new(FixedSource(edge)))
         .await
         .unwrap()
 }

@@ -3,6 +3,8 @@
 //! HTTP/1.1, h2c, h2 over TLS and raw bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bundles;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cathedral_config::{Bootstrap, EdgeConfig, Overrides, Source};
-use cathedral_edge::{ConfigSource, Node, NodeHandle};
+use cathedral_edge::{ConfigSource, Loaded, Node, NodeHandle};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -401,6 +403,16 @@ fn tokio_stream_from<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// A config source that always gives the same config.
+#[derive(Debug)]
+pub struct FixedSource(pub EdgeConfig);
+
+impl ConfigSource for FixedSource {
+    fn load(&self) -> Result<Loaded, String> {
+        Ok(Loaded::local(self.0.clone()))
+    }
+}
+
 /// A config source that tests can change between reloads.
 #[derive(Debug, Clone)]
 pub struct SwitchableSource {
@@ -409,9 +421,11 @@ pub struct SwitchableSource {
 }
 
 impl ConfigSource for SwitchableSource {
-    fn load(&self) -> Result<EdgeConfig, String> {
+    fn load(&self) -> Result<Loaded, String> {
         let text = self.text.lock().unwrap().clone();
-        parse_edge(&text, &self.dir).map_err(|e| e.to_string())
+        parse_edge(&text, &self.dir)
+            .map(Loaded::local)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cathedral_config::{Bootstrap, ConfigErrors, EdgeConfig, Overrides};
-use cathedral_edge::{ConfigSource, Node};
+use cathedral_edge::bundles::BundleManager;
+use cathedral_edge::{ConfigSource, Loaded, Node};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
@@ -263,8 +264,10 @@ struct FileSource {
 }
 
 impl ConfigSource for FileSource {
-    fn load(&self) -> Result<EdgeConfig, String> {
-        cathedral_config::load_edge(&self.bootstrap).map_err(|e| e.to_string())
+    fn load(&self) -> Result<Loaded, String> {
+        cathedral_config::load_edge(&self.bootstrap)
+            .map(Loaded::local)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -272,8 +275,8 @@ impl ConfigSource for FileSource {
 struct FixedSource(EdgeConfig);
 
 impl ConfigSource for FixedSource {
-    fn load(&self) -> Result<EdgeConfig, String> {
-        Ok(self.0.clone())
+    fn load(&self) -> Result<Loaded, String> {
+        Ok(Loaded::local(self.0.clone()))
     }
 }
 
@@ -299,15 +302,19 @@ fn serve(args: ServeArgs) -> ExitCode {
                 .config
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-            cathedral_config::load(&path, &overrides).map(|(bootstrap, edge)| {
-                let source: Arc<dyn ConfigSource> = Arc::new(FileSource {
-                    bootstrap: bootstrap.clone(),
-                });
-                (bootstrap, edge, source)
-            })
+            match cathedral_config::load_bootstrap(&path, &overrides) {
+                // Bundle mode: the edge config comes from signed bundles.
+                Ok(bootstrap) if bootstrap.bundles.is_some() => Ok((bootstrap, None)),
+                _ => cathedral_config::load(&path, &overrides).map(|(bootstrap, edge)| {
+                    let source: Arc<dyn ConfigSource> = Arc::new(FileSource {
+                        bootstrap: bootstrap.clone(),
+                    });
+                    (bootstrap, Some((edge, source)))
+                }),
+            }
         }
     };
-    let (bootstrap, edge, source) = match loaded {
+    let (bootstrap, local) = match loaded {
         Ok(x) => x,
         Err(errors) => return config_failure(&errors),
     };
@@ -322,7 +329,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(bootstrap, edge, source)) {
+    match runtime.block_on(run(bootstrap, local)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %format!("{e:#}"), "node failed");
@@ -332,7 +339,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-type Loaded = (Bootstrap, EdgeConfig, Arc<dyn ConfigSource>);
+/// A bootstrap and, outside bundle mode, the edge config and where reloads
+/// read it from.
+type Startup = (Bootstrap, Option<(EdgeConfig, Arc<dyn ConfigSource>)>);
 
 /// Quick mode: the edge config comes from the command line. The bootstrap is
 /// `--config` if given (with its Wasm artifact cache), else the built-in
@@ -342,7 +351,7 @@ fn quick_mode(
     filters: &[PathBuf],
     config: Option<&Path>,
     overrides: &Overrides,
-) -> Result<Loaded, ConfigErrors> {
+) -> Result<Startup, ConfigErrors> {
     let bootstrap = match config {
         Some(path) => cathedral_config::load_bootstrap(path, overrides)?,
         None => cathedral_config::default_bootstrap(overrides)?,
@@ -354,18 +363,37 @@ fn quick_mode(
         bootstrap.wasm.max_memory_bytes,
     )?;
     let source: Arc<dyn ConfigSource> = Arc::new(FixedSource(edge.clone()));
-    Ok((bootstrap, edge, source))
+    Ok((bootstrap, Some((edge, source))))
 }
 
+/// Runs a node until SIGTERM or SIGINT: from `local` (edge config and
+/// reload source), or in bundle mode when `local` is `None`.
 async fn run(
     bootstrap: Bootstrap,
-    edge: EdgeConfig,
-    source: Arc<dyn ConfigSource>,
+    local: Option<(EdgeConfig, Arc<dyn ConfigSource>)>,
 ) -> anyhow::Result<()> {
     let region = bootstrap.region.clone();
-    let node = Node::start(bootstrap, edge, source)
-        .await
-        .context("cannot start the node")?;
+    let node = match local {
+        Some((edge, source)) => Node::start(bootstrap, edge, source)
+            .await
+            .context("cannot start the node")?,
+        None => {
+            let manager =
+                BundleManager::open(&bootstrap).map_err(|e| anyhow::anyhow!("bundles: {e}"))?;
+            info!(scope = %manager.scope(), origins = ?manager.settings().origins, "bundle mode");
+            let m = manager.clone();
+            let initial = tokio::task::spawn_blocking(move || m.load_initial())
+                .await
+                .context("loading the stored bundle")?;
+            let initial = initial.unwrap_or_else(|| Loaded::local(empty_edge(&region)));
+            let source: Arc<dyn ConfigSource> = manager.clone();
+            let mut node = Node::start(bootstrap, initial, source)
+                .await
+                .context("cannot start the node")?;
+            node.attach_bundles(manager);
+            node
+        }
+    };
     for addr in node.http_addrs() {
         info!(url = %format!("http://{addr}"), region = %region, "serving");
     }
@@ -395,6 +423,17 @@ async fn run(
     let drained = node.shutdown().await;
     info!(drained, "stopped");
     Ok(())
+}
+
+/// What a node in bundle mode serves before its first bundle: nothing.
+fn empty_edge(region: &str) -> EdgeConfig {
+    EdgeConfig {
+        region: region.to_string(),
+        upstreams: Default::default(),
+        routes: Vec::new(),
+        rate_limits: Default::default(),
+        modules: Default::default(),
+    }
 }
 
 /// Logs are formatted on the request path but written by a background

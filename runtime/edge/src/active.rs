@@ -2,6 +2,7 @@
 //! clients and static sites, built off to the side and swapped in whole.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 
 use cathedral_cache::{ContentClass, KeyOptions, RoutePolicy, TtlMode};
@@ -16,8 +17,8 @@ use cathedral_wasm::{
     RateLimitPolicy, RateLimits,
 };
 
-use crate::content::DirectorySource;
 use crate::error::{Error, Result};
+use crate::files::{Files, Loaded};
 use crate::filters::RouteFilter;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::node::WasmHost;
@@ -29,6 +30,9 @@ use crate::upstream::UpstreamClient;
 #[derive(Debug)]
 pub struct Active {
     pub generation: u64,
+    /// Where this snapshot came from, e.g. `bundle production/eu-central-1
+    /// v42`; `None` for local files.
+    pub label: Option<String>,
     pub config: Arc<EdgeConfig>,
     upstreams: HashMap<String, Arc<UpstreamClient>>,
     /// Loaded Wasm components by name, with the blake3 of their bytes.
@@ -90,21 +94,28 @@ impl Active {
     /// change are carried over from `previous`, keeping their pooled
     /// connections warm across reloads.
     pub async fn build(
-        config: EdgeConfig,
+        loaded: Loaded,
         generation: u64,
         previous: Option<&Active>,
         cx: &BuildCtx<'_>,
     ) -> Result<Self> {
+        let Loaded {
+            config,
+            files,
+            label,
+        } = loaded;
         let metrics = cx.metrics;
         let mut upstreams = HashMap::new();
         for (name, up) in &config.upstreams {
             let reused = previous
                 .and_then(|p| p.upstreams.get(name))
-                .filter(|old| old.config == *up)
+                // A CA file is re-read on every activation: the same path may
+                // hold other certificates now.
+                .filter(|old| old.config == *up && !has_ca_file(up))
                 .cloned();
             let client = match reused {
                 Some(c) => c,
-                None => UpstreamClient::new(up)?,
+                None => UpstreamClient::new(up, files.as_ref())?,
             };
             upstreams.insert(name.clone(), client);
         }
@@ -121,7 +132,7 @@ impl Active {
             };
             policies.insert(name.clone(), policy);
         }
-        let modules = load_modules(&config, previous, &policies, cx.wasm).await?;
+        let modules = load_modules(&config, &files, previous, &policies, cx.wasm).await?;
         let module = |name: &str, kind: ModuleKind, route: &str| -> Result<Module> {
             let (_, m) = modules
                 .get(name)
@@ -144,13 +155,15 @@ impl Active {
                 }
                 RouteTarget::Static(site) => {
                     let source =
-                        DirectorySource::new(&site.root).map_err(|source| Error::StaticRoot {
-                            route: route.name.clone(),
-                            path: site.root.clone(),
-                            source,
-                        })?;
+                        files
+                            .static_source(&site.root)
+                            .map_err(|source| Error::StaticRoot {
+                                route: route.name.clone(),
+                                path: site.root.clone(),
+                                source,
+                            })?;
                     Target::Static(StaticContent {
-                        source: Arc::new(source),
+                        source,
                         index: site.index.clone(),
                     })
                 }
@@ -226,6 +239,7 @@ impl Active {
         });
         Ok(Self {
             generation,
+            label,
             config: Arc::new(config),
             upstreams,
             modules,
@@ -243,6 +257,7 @@ impl Active {
 /// change since `previous` is carried over without recompiling.
 async fn load_modules(
     config: &EdgeConfig,
+    files: &Arc<dyn Files>,
     previous: Option<&Active>,
     policies: &HashMap<String, Arc<Policy>>,
     wasm: &WasmHost,
@@ -253,10 +268,15 @@ async fn load_modules(
     }
     let engine = wasm.engine()?;
     for (name, mc) in &config.modules {
-        let bytes = tokio::fs::read(&mc.path).await.map_err(|e| Error::Module {
-            module: name.clone(),
-            reason: format!("cannot read {}: {e}", mc.path.display()),
-        })?;
+        let (reader, path) = (files.clone(), mc.path.clone());
+        let bytes = tokio::task::spawn_blocking(move || reader.read(&path))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| Error::Module {
+                module: name.clone(),
+                reason: format!("cannot read {}: {e}", mc.path.display()),
+            })?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         let mut rate_limits: Vec<(String, Arc<dyn RateLimitPolicy>)> = Vec::new();
         for policy in &mc.rate_limits {
@@ -284,6 +304,10 @@ async fn load_modules(
         modules.insert(name.clone(), (hash, module));
     }
     Ok(modules)
+}
+
+fn has_ca_file(up: &cathedral_config::Upstream) -> bool {
+    up.tls.as_ref().is_some_and(|t| t.ca_file.is_some())
 }
 
 /// The cache crate's view of a route's `[cache]` settings.

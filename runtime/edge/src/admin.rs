@@ -1,6 +1,7 @@
 //! The admin API, on its own listener and never on the public ones:
-//! `/metrics`, `/healthz`, `/readyz` and `POST /reload`, behind a bearer
-//! token when one is configured.
+//! `/metrics`, `/healthz`, `/readyz`, `POST /reload`, `POST /purge` and, in
+//! bundle mode, `GET /bundles`, `POST /bundles/notify` and
+//! `POST /bundles/previous` — behind a bearer token when one is configured.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -97,6 +98,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
             )
         }
         (&Method::POST, "/purge") => purge(shared, req).await,
+        (method, path @ ("/bundles" | "/bundles/notify" | "/bundles/previous")) => {
+            bundles(shared, method, path).await
+        }
         (_, "/healthz" | "/readyz" | "/metrics" | "/reload" | "/purge") => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -104,8 +108,29 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     }
 }
 
-/// Consecutive failures after which `/readyz` flags a module as failing.
-const FAILING_AFTER: u64 = 5;
+/// The bundle endpoints; 404 on a node in local mode.
+async fn bundles(shared: &Arc<Shared>, method: &Method, path: &str) -> Response<Body> {
+    let Some(manager) = shared.bundles.get() else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "this node is in local mode: no [bundles] in its bootstrap",
+        );
+    };
+    match (method, path) {
+        (&Method::GET, "/bundles") => json(StatusCode::OK, &manager.status_json()),
+        (&Method::POST, "/bundles/notify") => {
+            manager.notify();
+            json(StatusCode::ACCEPTED, &json!({ "sync": "scheduled" }))
+        }
+        (&Method::POST, "/bundles/previous") => match manager.activate_previous(shared).await {
+            Ok((from, to)) => json(StatusCode::OK, &json!({ "from": from, "to": to })),
+            Err(e) => json(StatusCode::CONFLICT, &json!({ "error": e })),
+        },
+        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+    }
+}
+
+use crate::node::FAILING_AFTER;
 
 /// Purge requests are small JSON documents.
 const MAX_PURGE_BODY: usize = 64 * 1024;
@@ -123,7 +148,7 @@ struct PurgeRequest {
 /// `POST /purge` with exactly one of `url`, `prefix`, `surrogate_key`, and
 /// optionally `"soft": true` (mark stale instead of removing). Answers how
 /// many entries it touched. Acts on this node's cache only.
-async fn purge(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+async fn purge(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     use http_body_util::BodyExt;
     let bytes = match http_body_util::Limited::new(req.into_body(), MAX_PURGE_BODY)
         .collect()
@@ -195,6 +220,14 @@ async fn purge(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         }
     };
     tracing::info!(kind, target = %target, soft = purge.soft, purged, "cache purge");
+    if let Some(manager) = shared.bundles.get() {
+        manager
+            .audit(
+                "purged",
+                json!({ "kind": kind, "target": target, "soft": purge.soft, "purged": purged }),
+            )
+            .await;
+    }
     json(
         StatusCode::OK,
         &json!({ "purged": purged, "soft": purge.soft }),
@@ -208,6 +241,12 @@ fn readyz(shared: &Shared) -> Response<Body> {
         (false, Some("shutting down"))
     } else if status.listeners.is_empty() {
         (false, Some("no public listener bound"))
+    } else if shared
+        .bundles
+        .get()
+        .is_some_and(|m| m.active_version().is_none())
+    {
+        (false, Some("bundle mode: no bundle activated yet"))
     } else {
         (true, None)
     };
@@ -247,6 +286,8 @@ fn readyz(shared: &Shared) -> Response<Body> {
             "upstreams": active.config.upstreams.len(),
         },
         "last_reload": last_reload,
+        "source": active.label,
+        "bundles": shared.bundles.get().map(|m| m.status_json()),
         "listeners": status.listeners,
         "modules": modules,
     });

@@ -43,6 +43,9 @@ pub struct ContentObject {
     pub modified: Option<SystemTime>,
     /// blake3 of the whole content: the basis of the strong ETag.
     pub hash: blake3::Hash,
+    /// The media type, when the source knows it (a bundle's manifest says);
+    /// otherwise it is guessed from the path.
+    pub content_type: Option<String>,
     pub data: ContentData,
 }
 
@@ -84,7 +87,7 @@ impl ContentObject {
 }
 
 /// Files at or below this size are read whole when opened.
-const INLINE_LIMIT: u64 = 256 * 1024;
+pub(crate) const INLINE_LIMIT: u64 = 256 * 1024;
 /// Hashes remembered per directory source.
 const HASH_CACHE_ENTRIES: usize = 16_384;
 
@@ -165,6 +168,7 @@ impl DirectoryInner {
                 len: buf.len() as u64,
                 modified,
                 hash,
+                content_type: None,
                 data: ContentData::Bytes(Bytes::from(buf)),
             }));
         }
@@ -174,6 +178,7 @@ impl DirectoryInner {
             len,
             modified,
             hash,
+            content_type: None,
             data: ContentData::File(tokio::fs::File::from_std(file)),
         }))
     }

@@ -15,15 +15,18 @@
 mod active;
 mod admin;
 mod body;
+pub mod bundles;
 mod cached;
 mod client_addr;
 mod conditional;
 mod conn;
 pub mod content;
 mod error;
+mod files;
 mod filters;
 mod metrics;
 mod node;
+pub mod origin;
 mod proxy;
 mod proxy_protocol;
 mod ratelimit;
@@ -36,4 +39,5 @@ mod upstream;
 
 pub use body::{Body, BoxError};
 pub use error::{Error, Result};
+pub use files::{Files, Loaded, LocalFiles};
 pub use node::{ConfigSource, Node, NodeHandle, ReloadOutcome};

@@ -106,6 +106,28 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabel, Counter>,
     pub config_generation: Gauge,
     pub ratelimit_decisions: Family<PolicyDecision, Counter>,
+    pub bundles: BundleMetrics,
+}
+
+/// Signed-bundle sync figures (zero on a node in local mode).
+#[derive(Debug, Clone, Default)]
+pub struct BundleMetrics {
+    pub syncs: Family<ResultLabel, Counter>,
+    pub refusals: Family<ReasonLabel, Counter>,
+    pub activations: Counter,
+    pub rollbacks: Counter,
+    pub fetched_bytes: Counter,
+    pub active_version: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -159,10 +181,42 @@ impl Metrics {
             "Native rate-limit decisions, by policy and decision (allowed, limited, penalized, exceeds_burst)",
             ratelimit_decisions.clone(),
         );
+        let bundles = BundleMetrics::default();
+        registry.register(
+            "cathedral_bundle_syncs",
+            "Bundle sync attempts, by result (activated, unchanged, refused, failed)",
+            bundles.syncs.clone(),
+        );
+        registry.register(
+            "cathedral_bundle_refusals",
+            "Bundle documents refused, by reason",
+            bundles.refusals.clone(),
+        );
+        registry.register(
+            "cathedral_bundle_activations",
+            "Bundles activated",
+            bundles.activations.clone(),
+        );
+        registry.register(
+            "cathedral_bundle_rollbacks",
+            "Reverts to a previous bundle (failed health after activation, or activate --previous)",
+            bundles.rollbacks.clone(),
+        );
+        registry.register(
+            "cathedral_bundle_fetched_bytes",
+            "Bytes of bundle files downloaded from the origin",
+            bundles.fetched_bytes.clone(),
+        );
+        registry.register(
+            "cathedral_bundle_active_version",
+            "Version of the active bundle (0 in local mode or before the first bundle)",
+            bundles.active_version.clone(),
+        );
         Self {
             registry,
             requests,
             ratelimit_decisions,
+            bundles,
             duration,
             upstream_errors,
             open_connections,

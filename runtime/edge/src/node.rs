@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use cathedral_cache::{Cache, CacheConfig, Coalescer, Integrity, SystemClock};
 use cathedral_config::{
-    Bootstrap, CacheSettings, Certificate, EdgeConfig, IntegrityCheck, Limits, WasmSettings,
+    Bootstrap, CacheSettings, Certificate, IntegrityCheck, Limits, WasmSettings,
 };
 use cathedral_wasm::{EngineConfig, PoolingConfig, WasmEngine};
 use ipnet::IpNet;
@@ -24,17 +24,24 @@ use tracing::{error, info, warn};
 
 use crate::active::{Active, BuildCtx};
 use crate::admin;
+use crate::bundles::BundleManager;
 use crate::conn::{self, Listener};
 use crate::error::{Error, Result};
+use crate::files::Loaded;
 use crate::metrics::{Metrics, ReloadLabel, RouteMetrics};
 use crate::tls::{self, CertResolver};
 
-/// Where the activated configuration comes from on reload: local files now,
-/// signed bundles later.
+/// Where the activated configuration comes from on reload: local files, or
+/// the active signed bundle.
 pub trait ConfigSource: Send + Sync + 'static {
     /// Reads and validates the configuration; the error lists every problem.
-    fn load(&self) -> Result<EdgeConfig, String>;
+    /// Blocking: the node calls it off the async threads.
+    fn load(&self) -> Result<Loaded, String>;
 }
+
+/// Consecutive failures after which `/readyz` flags a module as failing
+/// (and a fresh bundle is judged unhealthy).
+pub(crate) const FAILING_AFTER: u64 = 5;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +71,8 @@ pub struct Shared {
     pub cache: Arc<Cache>,
     pub coalescer: Coalescer,
     pub wasm: Arc<WasmHost>,
+    /// Set in bundle mode.
+    pub bundles: OnceLock<Arc<BundleManager>>,
     shutting_down: AtomicBool,
     reloader: Reloader,
     status: Mutex<Status>,
@@ -152,7 +161,7 @@ impl Shared {
 
     /// Re-reads the configuration and certificates and activates them; on
     /// any configuration error the running snapshot stays untouched.
-    /// Concurrent reloads are serialized.
+    /// Concurrent reloads and activations are serialized.
     pub async fn reload(self: &Arc<Self>) -> ReloadOutcome {
         let _serial = self.reloader.lock.lock().await;
         let mut errors = Vec::new();
@@ -168,30 +177,64 @@ impl Shared {
         let loaded = tokio::task::spawn_blocking(move || this.reloader.source.load())
             .await
             .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
-        let built = match loaded {
-            Ok(config) => {
-                let generation = self.reloader.generation.load(Ordering::Relaxed) + 1;
-                let previous = self.active.load_full();
-                let cx = BuildCtx {
-                    metrics: &self.metrics,
-                    wasm: &self.wasm,
-                };
-                Active::build(config, generation, Some(&previous), &cx)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e),
-        };
+        match loaded {
+            Ok(loaded) => self.activate_locked(loaded, || Ok(()), errors).await,
+            Err(e) => self.finish(Err(e), errors),
+        }
+    }
 
+    /// Activates `loaded`: builds the snapshot off to the side (a failure
+    /// leaves the running one untouched), then runs `commit` (blocking, off
+    /// the async threads; its error rejects the activation), then swaps the
+    /// snapshot in. Serialized with reloads.
+    pub async fn activate(
+        self: &Arc<Self>,
+        loaded: Loaded,
+        commit: impl FnOnce() -> Result<(), String> + Send + 'static,
+    ) -> ReloadOutcome {
+        let _serial = self.reloader.lock.lock().await;
+        self.activate_locked(loaded, commit, Vec::new()).await
+    }
+
+    async fn activate_locked(
+        &self,
+        loaded: Loaded,
+        commit: impl FnOnce() -> Result<(), String> + Send + 'static,
+        errors: Vec<String>,
+    ) -> ReloadOutcome {
+        let generation = self.reloader.generation.load(Ordering::Relaxed) + 1;
+        let previous = self.active.load_full();
+        let cx = BuildCtx {
+            metrics: &self.metrics,
+            wasm: &self.wasm,
+        };
+        let built = match Active::build(loaded, generation, Some(&previous), &cx).await {
+            Ok(active) => tokio::task::spawn_blocking(commit)
+                .await
+                .unwrap_or_else(|e| Err(format!("commit task failed: {e}")))
+                .map(|()| active),
+            Err(e) => Err(e.to_string()),
+        };
+        self.finish(built, errors)
+    }
+
+    /// Swaps in a built snapshot (or reports why there is none) and records
+    /// the outcome.
+    fn finish(&self, built: Result<Active, String>, mut errors: Vec<String>) -> ReloadOutcome {
         let activated = match built {
             Ok(active) => {
                 let generation = active.generation;
+                let label = active.label.clone();
                 self.reloader
                     .generation
                     .store(generation, Ordering::Relaxed);
                 self.active.store(Arc::new(active));
                 self.metrics.config_generation.set(generation as i64);
-                info!(generation, "configuration activated");
+                info!(
+                    generation,
+                    source = label.as_deref().unwrap_or("local files"),
+                    "configuration activated"
+                );
                 true
             }
             Err(e) => {
@@ -233,7 +276,7 @@ impl Node {
     /// or the configuration cannot be activated.
     pub async fn start(
         bootstrap: Bootstrap,
-        edge: EdgeConfig,
+        edge: impl Into<Loaded>,
         source: Arc<dyn ConfigSource>,
     ) -> Result<NodeHandle> {
         let mut metrics = Metrics::new();
@@ -249,7 +292,7 @@ impl Node {
             bootstrap.cache.coalesce_timeout,
         );
         let active = Active::build(
-            edge,
+            edge.into(),
             1,
             None,
             &BuildCtx {
@@ -325,6 +368,7 @@ impl Node {
             cache,
             coalescer,
             wasm,
+            bundles: OnceLock::new(),
             limits: bootstrap.limits.clone(),
             trusted_proxies: bootstrap.trusted_proxies.clone(),
             country_header: bootstrap.country_header.clone(),
@@ -440,6 +484,29 @@ impl NodeHandle {
 
     pub async fn reload(&self) -> ReloadOutcome {
         self.shared.reload().await
+    }
+
+    /// Puts the node in bundle mode: `manager` serves the admin bundle
+    /// endpoints, and its sync loop runs until shutdown.
+    pub fn attach_bundles(&mut self, manager: Arc<BundleManager>) {
+        if self.shared.bundles.set(manager.clone()).is_ok() {
+            if let Some(v) = manager.active_version() {
+                self.shared
+                    .metrics
+                    .bundles
+                    .active_version
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+            self.background
+                .push(tokio::spawn(manager.run(self.shared.clone())));
+        }
+    }
+
+    /// Runs one bundle sync now and waits for it (tests and tools; the
+    /// sync loop does the same on its own).
+    pub async fn sync_bundles(&self) -> Option<crate::bundles::SyncOutcome> {
+        let manager = self.shared.bundles.get()?.clone();
+        Some(manager.sync(&self.shared).await)
     }
 
     /// The node's shared HTTP cache (it outlives reloads).

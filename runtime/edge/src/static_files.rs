@@ -79,7 +79,12 @@ async fn represent(
     let mut resp = Response::new(empty());
     {
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, content_type(rel));
+        let ct = obj
+            .content_type
+            .as_deref()
+            .and_then(|ct| HeaderValue::from_str(ct).ok())
+            .unwrap_or_else(|| content_type(rel));
+        h.insert(header::CONTENT_TYPE, ct);
         if let Ok(v) = HeaderValue::from_str(&etag) {
             h.insert(header::ETAG, v);
         }

@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 
 use crate::body::{Body, BoxError};
 use crate::error::{Error, Result};
+use crate::files::Files;
 
 /// Why an upstream exchange failed, as the proxy needs to know it.
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +52,15 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(config: &Upstream) -> Result<Arc<Self>> {
+    /// `files` resolves the upstream's `ca_file`.
+    pub fn new(config: &Upstream, files: &dyn Files) -> Result<Arc<Self>> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_keepalive(Some(std::time::Duration::from_secs(60)));
 
-        let tls = client_tls(config)?;
+        let tls = client_tls(config, files)?;
         let builder = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
@@ -147,7 +149,7 @@ impl UpstreamClient {
     }
 }
 
-fn client_tls(config: &Upstream) -> Result<rustls::ClientConfig> {
+fn client_tls(config: &Upstream, files: &dyn Files) -> Result<rustls::ClientConfig> {
     let err = |reason: String| Error::Upstream {
         upstream: config.name.clone(),
         reason,
@@ -155,8 +157,10 @@ fn client_tls(config: &Upstream) -> Result<rustls::ClientConfig> {
     let mut roots = RootCertStore::empty();
     match config.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
+            let pem = files
+                .read(path)
                 .map_err(|e| err(format!("cannot read CA file {}: {e}", path.display())))?;
+            let certs = CertificateDer::pem_slice_iter(&pem);
             for cert in certs {
                 let cert = cert.map_err(|e| err(format!("CA file {}: {e}", path.display())))?;
                 roots
