@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod bundles;
 mod cache;
 mod client_addr;
 mod lifecycle;

@@ -293,6 +293,16 @@ impl BundleNode {
         let source: Arc<dyn ConfigSource> = manager.clone();
         let mut handle = Node::start(bootstrap, initial, source).await.unwrap();
         handle.attach_bundles(manager.clone());
+        // The sync loop syncs once at start; wait for it, so that what the
+        // test does next is not raced by it.
+        let deadline = tokio::time::Instant::now() + crate::PATIENCE;
+        while manager.status_json()["last_sync"].is_null() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the first sync did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         BundleNode { handle, manager }
     }
 
