@@ -233,6 +233,41 @@ filters = [{{ module = "compliance", response_body = true }}]
     )
 }
 
+/// The test GeoIP database maps loopback to DE (tests/fixtures/geoip).
+fn country_from_geoip(bootstrap: &mut Bootstrap, _: &Path) {
+    bootstrap.geoip_db =
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/geoip/test-country.mmdb"));
+}
+
+#[tokio::test]
+async fn the_country_comes_from_the_geoip_database_when_no_header_gives_one() {
+    let origin = Origin::start().await;
+    let node = TestNode::start_with(
+        &compliance_config(&origin.url()),
+        |_| {},
+        country_from_geoip,
+    )
+    .await;
+    // 127.0.0.1 is in DE by the test database: blocked.
+    let (status, _, body) = get(&node.url("/offers/betting")).await;
+    assert_eq!(status.as_u16(), 451, "{body}");
+    assert_eq!(origin.requests(), 0);
+    // A country header from a trusted proxy wins over the database.
+    let node = TestNode::start_with(
+        &compliance_config(&origin.url()),
+        |_| {},
+        |b, p| {
+            country_from_geoip(b, p);
+            country_from_header(b, p);
+        },
+    )
+    .await;
+    let (status, _, body) = get_with(&node.url("/offers/betting"), &[("x-country", "US")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = get(&node.url("/offers/betting")).await;
+    assert_eq!(status.as_u16(), 451, "no header: the database decides");
+}
+
 #[tokio::test]
 async fn compliance_answers_451_with_the_policy_for_a_blocked_path_and_country() {
     let origin = Origin::start().await;

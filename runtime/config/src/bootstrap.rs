@@ -256,6 +256,24 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
             }
         },
     };
+    let geoip_db = node.geoip_db.as_deref().and_then(|path| {
+        let key = Key::root().field("node").field("geoip_db");
+        if path.is_empty() {
+            sink.push(
+                &key,
+                "expected the path of a MaxMind database file, found \"\"",
+            );
+            return None;
+        }
+        let resolved = validate::resolve(&base_dir, path);
+        match validate::existing_file(&resolved) {
+            Ok(()) => Some(resolved),
+            Err(message) => {
+                sink.push(&key, message);
+                None
+            }
+        }
+    });
     let location = location_known.then(|| EdgeLocation {
         region: region.clone(),
         edge_config: edge_config.clone(),
@@ -480,6 +498,7 @@ pub(crate) fn build(table: &Table, file: FileInfo, overrides: &Overrides) -> Bui
         limits,
         trusted_proxies,
         country_header,
+        geoip_db,
         edge_config,
         regions_dir,
         cache,

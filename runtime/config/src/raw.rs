@@ -35,6 +35,7 @@ pub(crate) struct RawNode {
     pub regions_dir: Option<String>,
     pub trusted_proxies: Option<Vec<Cidr>>,
     pub country_header: Option<String>,
+    pub geoip_db: Option<String>,
 }
 
 /// One `[[listen]]` entry.

@@ -82,6 +82,9 @@ fn render_bootstrap(doc: &mut Doc, b: &Bootstrap) {
     if let Some(h) = &b.country_header {
         doc.string("country_header", h.as_str());
     }
+    if let Some(p) = &b.geoip_db {
+        doc.path("geoip_db", p);
+    }
 
     for listener in &b.listeners {
         doc.table("[[listen]]");

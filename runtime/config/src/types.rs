@@ -31,6 +31,10 @@ pub struct Bootstrap {
     /// (`[node] country_header = "cf-ipcountry"`). Believed only when the
     /// request comes from one of `trusted_proxies`.
     pub country_header: Option<http::HeaderName>,
+    /// A MaxMind-format country database (GeoLite2-Country, GeoIP2-Country
+    /// or a City database) looked up by client IP when `country_header`
+    /// gives no country (`[node] geoip_db`, absolute after loading).
+    pub geoip_db: Option<PathBuf>,
     /// Where the activated edge config is read from in local mode.
     pub edge_config: PathBuf,
     /// Directory holding one `<region>.toml` overlay per region.

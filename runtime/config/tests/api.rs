@@ -1235,3 +1235,52 @@ fn hostile_input_is_an_error_not_a_panic() {
         assert!(quick_upstream(input, input).is_err(), "{input:?}");
     }
 }
+
+#[test]
+fn geoip_database_path() {
+    let dir = tree(&[("etc/node.toml", ""), ("geo/country.mmdb", "x")]);
+    let path = dir.path().join("etc/node.toml");
+    let load = |text: &str| {
+        fs::write(&path, text).unwrap();
+        load_bootstrap(&path, &Overrides::default())
+    };
+    assert_eq!(load("").unwrap().geoip_db, None);
+    assert_eq!(
+        load("[node]\ngeoip_db = '../geo/country.mmdb'")
+            .unwrap()
+            .geoip_db,
+        Some(dir.path().join("geo/country.mmdb")),
+        "relative to the bootstrap file"
+    );
+    let rendered = {
+        let b = load("[node]\ngeoip_db = '../geo/country.mmdb'").unwrap();
+        let edge = cathedral_config::parse_edge(
+            cathedral_config::Source {
+                name: Path::new("edge.toml"),
+                text: "",
+                base_dir: dir.path(),
+            },
+            None,
+            "us-east-1",
+        )
+        .unwrap();
+        cathedral_config::render_effective(&b, &edge)
+    };
+    assert!(rendered.contains("geoip_db = "), "{rendered}");
+    for (text, expected) in [
+        (
+            "[node]\ngeoip_db = ''",
+            "node.geoip_db: expected the path of a MaxMind database file",
+        ),
+        (
+            "[node]\ngeoip_db = 'missing.mmdb'",
+            "node.geoip_db: file not found",
+        ),
+        ("[node]\ngeoip_db = '../geo'", "node.geoip_db: "),
+        ("[node]\ngeoip_db = 3", "node.geoip_db"),
+    ] {
+        let errors = load(text).unwrap_err();
+        let got = keyed(&errors).join("\n");
+        assert!(got.contains(expected), "{text}: {got}");
+    }
+}

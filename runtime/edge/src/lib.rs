@@ -24,6 +24,7 @@ pub mod content;
 mod error;
 mod files;
 mod filters;
+mod geoip;
 mod metrics;
 mod node;
 pub mod origin;

@@ -28,6 +28,7 @@ use crate::bundles::BundleManager;
 use crate::conn::{self, Listener};
 use crate::error::{Error, Result};
 use crate::files::Loaded;
+use crate::geoip::GeoIp;
 use crate::metrics::{Metrics, ReloadLabel, RouteMetrics};
 use crate::tls::{self, CertResolver};
 
@@ -62,6 +63,9 @@ pub struct Shared {
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
     pub country_header: Option<http::HeaderName>,
+    /// The GeoIP database, when `[node] geoip_db` names one; replaced on
+    /// reload.
+    pub geoip: arc_swap::ArcSwapOption<GeoIp>,
     pub region: String,
     /// The region as Wasm modules see it (one shared allocation).
     pub region_id: Arc<str>,
@@ -80,6 +84,7 @@ pub struct Shared {
 
 struct Reloader {
     source: Arc<dyn ConfigSource>,
+    geoip_db: Option<std::path::PathBuf>,
     certs: Vec<Certificate>,
     resolver: Option<Arc<CertResolver>>,
     lock: tokio::sync::Mutex<()>,
@@ -171,6 +176,17 @@ impl Shared {
         {
             error!(error = %e, "certificate reload failed; keeping the current certificates");
             errors.push(e.to_string());
+        }
+
+        if let Some(path) = self.reloader.geoip_db.clone() {
+            match tokio::task::spawn_blocking(move || GeoIp::open(&path)).await {
+                Ok(Ok(db)) => self.geoip.store(Some(Arc::new(db))),
+                Ok(Err(e)) => {
+                    error!(error = %e, "GeoIP database reload failed; keeping the current one");
+                    errors.push(e);
+                }
+                Err(e) => errors.push(format!("GeoIP reload task failed: {e}")),
+            }
         }
 
         let this = self.clone();
@@ -360,6 +376,15 @@ impl Node {
             last_reload: None,
         };
 
+        let geoip = match bootstrap.geoip_db.clone() {
+            Some(path) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || GeoIp::open(&path))
+                    .await
+                    .map_err(|e| Error::Config(e.to_string()))?
+                    .map_err(Error::Config)?,
+            )),
+            None => None,
+        };
         let unrouted = RouteMetrics::new(&metrics, "-");
         let shared = Arc::new(Shared {
             active: ArcSwap::from_pointee(active),
@@ -372,12 +397,14 @@ impl Node {
             limits: bootstrap.limits.clone(),
             trusted_proxies: bootstrap.trusted_proxies.clone(),
             country_header: bootstrap.country_header.clone(),
+            geoip: arc_swap::ArcSwapOption::new(geoip),
             region: bootstrap.region.clone(),
             region_id: Arc::from(bootstrap.region.as_str()),
             admin_token: bootstrap.admin.token.clone(),
             shutting_down: AtomicBool::new(false),
             reloader: Reloader {
                 source,
+                geoip_db: bootstrap.geoip_db.clone(),
                 certs,
                 resolver,
                 lock: tokio::sync::Mutex::new(()),

@@ -69,7 +69,7 @@ pub async fn handle(
         host,
         authority,
         user_id: None,
-        country: country(&shared, conn.peer.ip(), req.headers()),
+        country: None,
     };
     let mut ctx = ctx;
     let method = req.method().clone();
@@ -77,6 +77,14 @@ pub async fn handle(
     let version = req.version();
 
     let route = active.route(&ctx.host, &path).cloned();
+    // Only Wasm modules read the country: routes without them skip the
+    // lookup.
+    if route
+        .as_ref()
+        .is_some_and(|r| !r.filters.is_empty() || matches!(r.target, Target::Handler(_)))
+    {
+        ctx.country = country(&shared, conn.peer.ip(), ctx.client_ip, req.headers());
+    }
     let (mut resp, upstream) = match &route {
         _ if version == Version::HTTP_11 && ctx.authority.is_none() => (
             plain(
@@ -209,16 +217,24 @@ async fn dispatch(
     }
 }
 
-/// The client's country from the configured header, believed only from a
-/// trusted proxy and only as two ASCII letters.
-fn country(shared: &Shared, peer: std::net::IpAddr, headers: &http::HeaderMap) -> Option<String> {
-    let name = shared.country_header.as_ref()?;
-    if !client_addr::is_trusted(peer.to_canonical(), &shared.trusted_proxies) {
-        return None;
-    }
-    let value = headers.get(name)?.to_str().ok()?.trim();
-    (value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic()))
-        .then(|| value.to_ascii_uppercase())
+/// The client's country: from the configured header (believed only from a
+/// trusted proxy, and only as two ASCII letters), else from the GeoIP
+/// database by the client's address.
+fn country(
+    shared: &Shared,
+    peer: std::net::IpAddr,
+    client_ip: std::net::IpAddr,
+    headers: &http::HeaderMap,
+) -> Option<String> {
+    let from_header = shared.country_header.as_ref().and_then(|name| {
+        if !client_addr::is_trusted(peer.to_canonical(), &shared.trusted_proxies) {
+            return None;
+        }
+        let value = headers.get(name)?.to_str().ok()?.trim();
+        (value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic()))
+            .then(|| value.to_ascii_uppercase())
+    });
+    from_header.or_else(|| shared.geoip.load().as_ref()?.country(client_ip))
 }
 
 /// What Wasm modules learn about the client.
