@@ -4,6 +4,13 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration
 //! (and, for `module check`, a component that fits no world).
 
+mod admin_client;
+mod audit_cmd;
+mod bundle_build;
+mod bundle_cmd;
+mod cmd;
+mod keys_cmd;
+mod origin_cmd;
 mod quick;
 
 use std::net::SocketAddr;
@@ -53,6 +60,18 @@ enum Command {
     /// TLS helpers.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Keys for signed bundles: key pairs, root documents, keysets.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
+    /// Signed bundles: build, sign, verify, publish, push, activate.
+    #[command(subcommand)]
+    Bundle(bundle_cmd::BundleCommand),
+    /// Origins that edges in bundle mode fetch from.
+    #[command(subcommand)]
+    Origin(origin_cmd::OriginCommand),
+    /// The hash-chained audit log an edge keeps in its state directory.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +182,10 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Keys(command) => cmd::finish(keys_cmd::run(command)),
+        Command::Bundle(command) => cmd::finish(bundle_cmd::run(command)),
+        Command::Origin(command) => cmd::finish(origin_cmd::run(command)),
+        Command::Audit(command) => cmd::finish(audit_cmd::run(command)),
     }
 }
 
