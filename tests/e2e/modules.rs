@@ -134,6 +134,18 @@ async fn personalize_runs_after_the_cache_one_generic_copy_many_users() {
         1,
         "the generic copy is fetched once and cached; personalisation happens after the cache"
     );
+    // A HEAD of the personalised page does not claim the generic copy's
+    // length (the GET it stands for is rendered per user).
+    let head = Request::head(node.url("/page"))
+        .header("cookie", "uid=user-1")
+        .body(full(""))
+        .unwrap();
+    let (status, headers, _) = send(head).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !headers.contains_key("content-length"),
+        "no unpersonalised length on HEAD: {headers:?}"
+    );
     let heroes: BTreeSet<&str> = first
         .values()
         .map(|b| {

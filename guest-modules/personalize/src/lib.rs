@@ -19,6 +19,7 @@
 //! | `primary` | the experiment `{{user.variant}}` stands for (default: the first by name) |
 //! | `header` | the response header listing the assignments (default `x-personalization`) |
 //! | `user_cookie`, `user_header` | where else to find the user id |
+//! | `content_types` | media types personalised (default `["text/html"]`); other responses — stylesheets, scripts, images — pass untouched and stay shareable |
 //!
 //! Assignment is `blake3(NAME ‖ user) mod 10000` (see
 //! `cathedral_sdk::rollout`): the same on every request and edge, and a
@@ -171,6 +172,18 @@ impl Assignment {
     }
 }
 
+/// Whether the response's media type is one this module personalises.
+fn personalised(response: &Response) -> bool {
+    let Some(media) = response.media_type() else {
+        return false;
+    };
+    let mut types = settings::list("content_types");
+    if types.is_empty() {
+        types.push(String::from("text/html"));
+    }
+    types.iter().any(|t| t.eq_ignore_ascii_case(&media))
+}
+
 /// `cache-control` made private: `public` and `s-maxage` dropped.
 fn private_cache_control(current: Option<&str>) -> String {
     let kept: Vec<&str> = current
@@ -196,9 +209,12 @@ fn private_cache_control(current: Option<&str>) -> String {
 
 impl Filter for Personalize {
     fn on_response(request: RequestHead, client: Client, response: Response) -> ResponseAction {
+        let mut edit = ResponseEdit::new();
+        if !personalised(&response) {
+            return edit.into_action();
+        }
         let user = user(&request, &client);
         let assignment = assign(user.as_deref());
-        let mut edit = ResponseEdit::new();
         if assignment.variants.is_empty() && assignment.flags.is_empty() {
             return edit.into_action();
         }

@@ -142,6 +142,12 @@ pub async fn on_response(
             Err(_) => return (failed_closed(f.module.name()), false),
         }
     }
+    if request.method == http::Method::HEAD && filters.iter().any(|f| f.response_body) {
+        // A HEAD carries no body for the filters to edit, but the GET they
+        // stand for may be edited: the length of the unedited body would
+        // be wrong, and the real one is unknown without rendering it.
+        head.headers.remove(header::CONTENT_LENGTH);
+    }
     if replaced {
         // The representation changed: its length, encoding and ranges no
         // longer hold, and a strong validator would lie.

@@ -21,7 +21,7 @@ pub(crate) async fn personalize() {
         ]),
     )
     .await;
-    let resp = Resp::new(200, &[("content-type", "text/plain")], None);
+    let resp = Resp::new(200, &[("content-type", "text/html")], None);
     let action = common::on_response(
         &module,
         &Req::get("/"),

@@ -33,7 +33,7 @@ async fn personalize(engine: &WasmEngine, config: &[(&str, &str)]) -> Module {
 
 /// The assignments header for `user`.
 async fn header(module: &Module, user: Option<&str>) -> String {
-    let resp = Resp::new(200, &[("content-type", "application/json")], None);
+    let resp = Resp::new(200, &[("content-type", "text/html; charset=utf-8")], None);
     let action = common::on_response(
         module,
         &Req::get("/"),
@@ -199,15 +199,8 @@ async fn html_is_rendered_and_made_private() {
     );
     assert!(common::set_values(&action, "cache-control").is_empty());
 
-    // Not HTML, or no body handed over: headers only.
-    for resp in [
-        Resp::new(
-            200,
-            &[("content-type", "application/json")],
-            Some("{\"a\": \"{{user.variant}}\"}"),
-        ),
-        Resp::new(200, &[("content-type", "text/html")], None),
-    ] {
+    // No body handed over: headers only.
+    for resp in [Resp::new(200, &[("content-type", "text/html")], None)] {
         let action = common::on_response(
             &module,
             &Req::get("/"),
@@ -235,7 +228,7 @@ async fn the_user_comes_from_the_route_or_the_configured_cookie_or_header() {
         ],
     )
     .await;
-    let resp = Resp::new(200, &[], None);
+    let resp = Resp::new(200, &[("content-type", "text/html")], None);
     let anonymous = client(None, None, "us-east-1");
     for user in ["a", "b", "c", "d", "e", "f"] {
         let want = if bucket("x", user) < 5000 {
@@ -260,4 +253,67 @@ async fn the_user_comes_from_the_route_or_the_configured_cookie_or_header() {
         .expect("settings");
     let action = common::on_response(&bare, &Req::get("/"), &resp, &anonymous).await;
     assert!(matches!(action, ResponseAction::Pass));
+}
+
+#[tokio::test]
+async fn only_the_configured_media_types_are_personalised() {
+    let engine = common::engine();
+    let check = |types: Option<&'static str>| {
+        let mut config: Vec<(&str, &str)> = CONFIG.to_vec();
+        if let Some(t) = types {
+            config.push(("content_types", t));
+        }
+        config
+    };
+    let run = |module: Module, content_type: &'static str| async move {
+        let resp = Resp::new(
+            200,
+            &[
+                ("content-type", content_type),
+                ("cache-control", "public, max-age=60"),
+            ],
+            Some("{{user.variant}}"),
+        );
+        common::on_response(
+            &module,
+            &Req::get("/x"),
+            &resp,
+            &client(Some("u-1"), None, "us-east-1"),
+        )
+        .await
+    };
+    // Default: HTML only. Stylesheets, scripts, JSON and images pass
+    // untouched, so they stay shareable.
+    let module = personalize(&engine, &check(None)).await;
+    for ct in [
+        "text/css",
+        "application/javascript",
+        "application/json",
+        "image/png",
+    ] {
+        let action = run(module.clone(), ct).await;
+        assert!(
+            common::set_values(&action, "x-personalization").is_empty()
+                && common::set_values(&action, "cache-control").is_empty(),
+            "{ct}: {action:?}"
+        );
+    }
+    let action = run(module.clone(), "text/html; charset=utf-8").await;
+    assert_eq!(common::set_values(&action, "x-personalization").len(), 1);
+    assert_eq!(
+        common::set_values(&action, "cache-control"),
+        ["private, max-age=60"]
+    );
+    // Configured: JSON too.
+    let module = personalize(
+        &engine,
+        &check(Some(r#"["text/html", "application/json"]"#)),
+    )
+    .await;
+    let action = run(module, "application/json").await;
+    assert_eq!(
+        common::set_values(&action, "x-personalization").len(),
+        1,
+        "{action:?}"
+    );
 }
