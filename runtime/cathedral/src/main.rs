@@ -194,6 +194,21 @@ fn config_check(config: &Path, region: Option<String>) -> ExitCode {
         region,
         ..Overrides::default()
     };
+    // Bundle mode: the edge config arrives in signed bundles (checked
+    // against each bundle's files by `bundle build` and `bundle verify`).
+    if let Ok(bootstrap) = cathedral_config::load_bootstrap(config, &overrides)
+        && bootstrap.bundles.is_some()
+    {
+        let mut out = String::from(
+            "# Bundle mode: routes, upstreams and modules come from signed bundles.\n\n",
+        );
+        out.push_str(&cathedral_config::render_effective(
+            &bootstrap,
+            &empty_edge(&bootstrap.region),
+        ));
+        print_stdout(&out);
+        return ExitCode::SUCCESS;
+    }
     match cathedral_config::load(config, &overrides) {
         Ok((bootstrap, edge)) => {
             print_stdout(&cathedral_config::render_effective(&bootstrap, &edge));

@@ -42,6 +42,37 @@ fn config_check_prints_the_effective_demo_config() {
 }
 
 #[test]
+fn config_check_of_a_bundle_mode_bootstrap_shows_the_bundle_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "ab".repeat(32);
+    std::fs::write(
+        dir.path().join("node.toml"),
+        format!(
+            "[bundles]\norigins = [\"http://127.0.0.1:7000\"]\nenvironment = \"demo\"\nroot_keys = [\"{key}\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = cathedral()
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("node.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Bundle mode"), "{text}");
+    assert!(text.contains("environment = \"demo\""), "{text}");
+    assert!(
+        !text.contains("[routes"),
+        "no local edge config is read: {text}"
+    );
+}
+
+#[test]
 fn config_check_lists_every_problem_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("regions")).unwrap();
