@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cathedral_bundle::{
-    ConfigRef, DocKind, Envelope, FileEntry, Head, Keyset, KeysetKey, Manifest, Root, SecretKey,
-    Timestamp, Totals,
+    AuditEntry, ConfigRef, DocKind, Envelope, FileEntry, Head, Keyset, KeysetKey, Manifest, Root,
+    SecretKey, Timestamp, Totals, verify_audit_log,
 };
 use cathedral_config::{Bootstrap, BundleSettings, EdgeConfig};
 use cathedral_edge::bundles::BundleManager;
@@ -185,15 +185,32 @@ impl BundleOrigin {
         files: &Files,
         signers: &[&SecretKey],
     ) -> String {
+        self.publish_signed(manifest, files, signers, signers)
+    }
+
+    /// Like [`BundleOrigin::publish_manifest`], with the manifest and the
+    /// head signed by different keys.
+    pub fn publish_signed(
+        &self,
+        manifest: &Manifest,
+        files: &Files,
+        manifest_signers: &[&SecretKey],
+        head_signers: &[&SecretKey],
+    ) -> String {
         for (bytes, _) in files.0.values() {
             self.put_blob(bytes);
         }
-        let envelope = sign(DocKind::Manifest, manifest, signers);
+        let envelope = sign(DocKind::Manifest, manifest, manifest_signers);
         let hash = blake3::hash(&envelope).to_hex().to_string();
         self.write(&format!("manifests/{hash}.json"), &envelope);
         let head = self.head(manifest.version, &hash, envelope.len() as u64);
-        self.put_head(&head, signers);
+        self.put_head(&head, head_signers);
         hash
+    }
+
+    /// The size of the manifest envelope published under `hash`.
+    pub fn manifest_size(&self, hash: &str) -> u64 {
+        self.read(&format!("manifests/{hash}.json")).len() as u64
     }
 
     pub fn head(&self, version: u64, manifest: &str, size: u64) -> Head {
@@ -221,6 +238,16 @@ impl BundleOrigin {
         let path = format!("blobs/{hash}");
         self.write(&path, bytes);
         self.dir.path().join(path)
+    }
+
+    /// The origin path of the fixture scope's head.
+    pub fn head_path(&self) -> String {
+        format!("heads/{ENVIRONMENT}/{REGION}.json")
+    }
+
+    /// A file of the origin directory, as published.
+    pub fn read(&self, rel: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(rel)).unwrap()
     }
 
     pub fn write(&self, rel: &str, bytes: &[u8]) {
@@ -323,4 +350,92 @@ impl BundleNode {
     pub fn active_version(&self) -> Option<u64> {
         self.manager.active_version()
     }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.manager.settings().state_dir.clone()
+    }
+
+    /// One `/metrics` sample (exact name with labels), if present.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, _, text) = crate::get(&self.admin("/metrics")).await;
+        text.lines().find_map(|l| {
+            l.strip_prefix(sample)
+                .filter(|rest| rest.starts_with(' '))
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+    }
+
+    /// The audit log's entries; panics unless its chain verifies.
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        audit_entries(&self.state_dir())
+    }
+
+    /// Shuts the node down and waits (bounded) until nothing holds its
+    /// bundle manager any more, so another node may open the same state
+    /// directory as a restarted process would.
+    pub async fn stop(self) {
+        let BundleNode { handle, manager } = self;
+        handle.shutdown().await;
+        let deadline = tokio::time::Instant::now() + crate::PATIENCE;
+        while Arc::strong_count(&manager) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stopped node still holds its bundle manager"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The entries of `<state_dir>/audit.log`; panics unless its chain
+/// verifies.
+pub fn audit_entries(state_dir: &Path) -> Vec<AuditEntry> {
+    let path = state_dir.join("audit.log");
+    verify_audit_log(&path).unwrap_or_else(|problem| panic!("{}: {problem}", path.display()))
+}
+
+/// Where a node's store keeps the blob with these contents.
+pub fn stored_blob(state_dir: &Path, bytes: &[u8]) -> PathBuf {
+    let hash = blake3::hash(bytes).to_hex().to_string();
+    state_dir.join("blobs").join(&hash[..2]).join(hash)
+}
+
+/// A loopback port bound but not listening: connections to it are
+/// refused, and no other test can take the port while this lives.
+#[derive(Debug)]
+pub struct Unreachable {
+    _socket: tokio::net::TcpSocket,
+    pub url: String,
+}
+
+impl Unreachable {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = format!("http://{}", socket.local_addr().unwrap());
+        Unreachable {
+            _socket: socket,
+            url,
+        }
+    }
+}
+
+impl Default for Unreachable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An admin API request with an optional bearer token: status and body.
+pub async fn admin_request(
+    method: http::Method,
+    url: &str,
+    token: Option<&str>,
+) -> (http::StatusCode, String) {
+    let mut req = http::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let (status, _, body) = crate::send(req.body(crate::full("")).unwrap()).await;
+    (status, body)
 }

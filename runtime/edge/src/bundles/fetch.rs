@@ -233,8 +233,8 @@ impl Fetcher {
             let status = resp.status();
             return Err((FetchError::Status { url, status }, Some(writer)));
         }
-        if declared_len(&resp).is_some_and(|n| n != size) {
-            return Err((FetchError::TooLarge { url, limit: size }, Some(writer)));
+        if let Some(declared) = declared_len(&resp).filter(|&n| n != size) {
+            return Err((size_mismatch(hash, size, declared), Some(writer)));
         }
         // From here the writer has bytes in it: a failure ends this blob.
         let url2 = url.clone();
@@ -253,10 +253,7 @@ impl Fetcher {
                 };
                 received += data.len() as u64;
                 if received > size {
-                    return Err(FetchError::TooLarge {
-                        url: url2.clone(),
-                        limit: size,
-                    });
+                    return Err(size_mismatch(hash, size, received));
                 }
                 batch.extend_from_slice(&data);
                 if batch.len() >= WRITE_BATCH {
@@ -280,6 +277,16 @@ impl Fetcher {
             Err(_) => Err((FetchError::Timeout { url, timeout }, None)),
         }
     }
+}
+
+/// A blob whose length is not the one its manifest declares: the same
+/// refusal the store gives when it counts the bytes itself.
+fn size_mismatch(hash: &str, expected: u64, actual: u64) -> FetchError {
+    FetchError::Store(cathedral_bundle::Error::SizeMismatch {
+        what: format!("blob {hash}"),
+        expected,
+        actual,
+    })
 }
 
 async fn write_blocking(mut writer: BlobWriter, chunk: Vec<u8>) -> Result<BlobWriter, FetchError> {

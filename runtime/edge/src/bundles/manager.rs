@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -113,9 +114,10 @@ struct ActiveBundle {
 struct State {
     trust: Trust,
     current: Current,
-    /// A head (version, manifest) whose bundle failed preflight: not
-    /// retried until the head changes.
-    failed_preflight: Option<(u64, String)>,
+    /// A head (version, manifest) whose bundle failed preflight, and the
+    /// refusal's reason (`config` or `preflight`): not retried until the
+    /// head changes.
+    failed_preflight: Option<(u64, String, &'static str)>,
 }
 
 /// What `/readyz` and `GET /bundles` report.
@@ -296,9 +298,20 @@ impl BundleManager {
         }
         for f in &manifest.files {
             let ok = if verify_blobs {
-                self.store
-                    .verify_blob(&f.blake3, f.size)
-                    .map_err(|e| e.to_string())
+                self.store.verify_blob(&f.blake3, f.size).map_err(|e| {
+                    // A blob that fails its hash is wrong for every bundle
+                    // naming it: remove it, so that a later sync fetches it
+                    // again instead of trusting it by its size.
+                    if matches!(
+                        e,
+                        cathedral_bundle::Error::HashMismatch { .. }
+                            | cathedral_bundle::Error::SizeMismatch { .. }
+                    ) && let Ok(path) = self.store.blob_path(&f.blake3)
+                    {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    e.to_string()
+                })
             } else if self.store.has_blob(&f.blake3, f.size) {
                 Ok(())
             } else {
@@ -526,10 +539,16 @@ impl BundleManager {
         if !fresh {
             return Ok(SyncOutcome::Unchanged);
         }
-        if st.failed_preflight.as_ref() == Some(&(version, head.manifest.clone())) {
-            return Ok(SyncOutcome::Refused {
-                reason: "preflight",
-            });
+        if let Some((v, manifest, reason)) = &st.failed_preflight
+            && (*v, manifest) == (version, &head.manifest)
+        {
+            self.note_sync(
+                "refused",
+                Some(format!(
+                    "version {version} was refused ({reason}) before; not retried until the head changes"
+                )),
+            );
+            return Ok(SyncOutcome::Refused { reason });
         }
 
         // 4. Manifest.
@@ -616,7 +635,7 @@ impl BundleManager {
         let loaded = match loaded {
             Ok(l) => l,
             Err(message) => {
-                st.failed_preflight = Some((version, head.manifest.clone()));
+                st.failed_preflight = Some((version, head.manifest.clone(), "config"));
                 return Err(SyncError::Refused {
                     reason: "config",
                     message,
@@ -635,21 +654,31 @@ impl BundleManager {
         let next_current = st.current.activate(installed.clone(), self.settings.keep);
         let mut next_trust = st.trust.clone();
         next_trust.raise(&self.scope, version);
+        // A failed commit is the node's own disk, not the bundle: it is not
+        // remembered as a refusal, and the next sync tries again.
+        let commit_failed = Arc::new(AtomicBool::new(false));
         let commit = {
             let (store, hash, envelope) = (self.store.clone(), verified.hash, verified.envelope);
             let (current, trust) = (next_current.clone(), next_trust.state().clone());
+            let failed = commit_failed.clone();
             move || -> Result<(), String> {
                 store
                     .put_manifest(&hash, &envelope)
                     .and_then(|()| store.set_current(&current))
                     .and_then(|()| store.save_trust(&trust))
-                    .map_err(|e| format!("staging the bundle failed: {e}"))
+                    .map_err(|e| {
+                        failed.store(true, Ordering::Relaxed);
+                        format!("staging the bundle failed: {e}")
+                    })
             }
         };
         let previous = st.current.active.as_ref().map(|i| i.version);
         let outcome = shared.activate(loaded, commit).await;
+        if !outcome.activated && commit_failed.load(Ordering::Relaxed) {
+            return Err(SyncError::Local(outcome.errors.join("; ")));
+        }
         if !outcome.activated {
-            st.failed_preflight = Some((version, head.manifest.clone()));
+            st.failed_preflight = Some((version, head.manifest.clone(), "preflight"));
             return Err(SyncError::Refused {
                 reason: "preflight",
                 message: outcome.errors.join("; "),
