@@ -37,6 +37,10 @@ pub struct Installed {
 pub struct Current {
     pub active: Option<Installed>,
     pub previous: Vec<Installed>,
+    /// A version this node reverted from (by its health check or an
+    /// operator): not activated again; cleared when a newer one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<u64>,
 }
 
 impl Current {
@@ -51,9 +55,12 @@ impl Current {
             .cloned()
             .collect();
         previous.truncate(keep.saturating_sub(1));
+        // A version above the quarantined one lifts the quarantine.
+        let quarantined = self.quarantined.filter(|q| *q >= next.version);
         Current {
             active: Some(next),
             previous,
+            quarantined,
         }
     }
 
@@ -511,6 +518,16 @@ mod tests {
         assert_eq!(
             cur.previous.iter().map(|i| i.version).collect::<Vec<_>>(),
             vec![4, 3]
+        );
+        let q = Current {
+            quarantined: Some(5),
+            ..cur.clone()
+        };
+        assert_eq!(q.activate(inst(4), 3).quarantined, Some(5), "still above");
+        assert_eq!(
+            q.activate(inst(6), 3).quarantined,
+            None,
+            "a newer version lifts it"
         );
         store.set_current(&cur).expect("saved");
         fs::write(dir.path().join("tmp").join("leftover.part"), b"x").expect("leftover");

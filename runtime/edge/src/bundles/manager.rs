@@ -82,6 +82,12 @@ pub enum SyncOutcome {
     Activated {
         version: u64,
     },
+    /// Activated, then reverted because the node failed its health check
+    /// within `health_grace`; `version` is quarantined on this node.
+    RolledBack {
+        version: u64,
+        to: u64,
+    },
     /// Nothing newer than the high-water mark.
     Unchanged,
     Refused {
@@ -95,6 +101,7 @@ impl SyncOutcome {
     fn label(&self) -> &'static str {
         match self {
             SyncOutcome::Activated { .. } => "activated",
+            SyncOutcome::RolledBack { .. } => "rolled-back",
             SyncOutcome::Unchanged => "unchanged",
             SyncOutcome::Refused { .. } => "refused",
             SyncOutcome::Failed => "failed",
@@ -126,6 +133,7 @@ struct Report {
     last_sync: Option<(SystemTime, &'static str, Option<String>)>,
     last_refusal: Option<(SystemTime, &'static str, String)>,
     high_water: u64,
+    quarantined: Option<u64>,
     root_version: u64,
     keyset_version: Option<u64>,
     previous: Vec<u64>,
@@ -240,9 +248,13 @@ impl BundleManager {
             match self.prepare_stored(&state.trust, installed, true) {
                 Ok((manifest, loaded)) => {
                     if i > 0 {
+                        // Not quarantined: the newer bundle failed on this
+                        // disk, not in service; the next sync fetches it
+                        // again.
                         let next = Current {
                             active: Some(installed.clone()),
                             previous: kept.get(i + 1..).unwrap_or_default().to_vec(),
+                            quarantined: state.current.quarantined,
                         };
                         if let Err(e) = self.store.set_current(&next) {
                             error!(error = %e, "cannot record the fallback bundle");
@@ -414,8 +426,34 @@ impl BundleManager {
         }
     }
 
-    /// One sync, start to end.
+    /// One sync, start to end: fetch, verify, stage and activate under the
+    /// sync lock, then (lock released, so operators and notifications are
+    /// not held up) watch the node's health for `health_grace`.
     pub async fn sync(self: &Arc<Self>, shared: &Arc<Shared>) -> SyncOutcome {
+        let mut outcome = self.sync_once(shared).await;
+        if let SyncOutcome::Activated { version } = outcome
+            && !self.settings.health_grace.is_zero()
+        {
+            tokio::time::sleep(self.settings.health_grace).await;
+            if let Some(why) = unhealthy(shared) {
+                let mut state = self.state.lock().await;
+                // Only the bundle this sync activated is judged: a newer
+                // one may have come in meanwhile.
+                if state.current.active.as_ref().map(|i| i.version) == Some(version) {
+                    error!(version, reason = %why, "the new bundle failed its health check; reverting");
+                    match self.revert(&mut state, shared, "health", &why).await {
+                        Ok((_, to)) => outcome = SyncOutcome::RolledBack { version, to },
+                        Err(e) => error!(error = %e, "revert failed; still serving the new bundle"),
+                    }
+                    self.note_sync(outcome.label(), Some(why));
+                    self.update_report(&state);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn sync_once(self: &Arc<Self>, shared: &Arc<Shared>) -> SyncOutcome {
         let mut state = self.state.lock().await;
         let result = self.sync_locked(&mut state, shared).await;
         let outcome = match result {
@@ -536,7 +574,13 @@ impl BundleManager {
             .trust
             .freshness(DocKind::Head, &self.scope, version)
             .map_err(|e| SyncError::refused(e, Some(version)))?;
-        if !fresh {
+        // Equal to the high-water mark: nothing to do when it is the active
+        // version or one this node reverted from (quarantined). Otherwise
+        // the stored copy failed verification at start (a disk fault, not a
+        // bad bundle): fetch it again rather than serve an older one, or
+        // nothing.
+        let active = st.current.active.as_ref().map(|i| i.version);
+        if !fresh && (active == Some(version) || st.current.quarantined == Some(version)) {
             return Ok(SyncOutcome::Unchanged);
         }
         if let Some((v, manifest, reason)) = &st.failed_preflight
@@ -644,8 +688,9 @@ impl BundleManager {
             }
         };
 
-        // 7. Activate: the commit writes the manifest, then current.json
-        //    (the switch), then the raised high-water mark.
+        // 7. Activate: the commit writes the manifest, then current.json —
+        //    the switch. The raised high-water mark follows; if writing it
+        //    fails, the next start raises it from current.json.
         let installed = Installed {
             manifest: verified.hash.clone(),
             version,
@@ -659,13 +704,12 @@ impl BundleManager {
         let commit_failed = Arc::new(AtomicBool::new(false));
         let commit = {
             let (store, hash, envelope) = (self.store.clone(), verified.hash, verified.envelope);
-            let (current, trust) = (next_current.clone(), next_trust.state().clone());
+            let current = next_current.clone();
             let failed = commit_failed.clone();
             move || -> Result<(), String> {
                 store
                     .put_manifest(&hash, &envelope)
                     .and_then(|()| store.set_current(&current))
-                    .and_then(|()| store.save_trust(&trust))
                     .map_err(|e| {
                         failed.store(true, Ordering::Relaxed);
                         format!("staging the bundle failed: {e}")
@@ -688,6 +732,9 @@ impl BundleManager {
         st.current = next_current;
         st.trust = next_trust;
         st.failed_preflight = None;
+        if let Err(e) = self.store.save_trust(st.trust.state()) {
+            error!(error = %e, "cannot persist the raised high-water mark; the next start restores it from current.json");
+        }
         self.set_active(manifest.clone(), installed);
         let b = &shared.metrics.bundles;
         b.activations.inc();
@@ -701,17 +748,6 @@ impl BundleManager {
         )
         .await;
         self.collect_garbage(st).await;
-
-        // 8. Watch: a bundle that makes the node unhealthy is reverted.
-        if !self.settings.health_grace.is_zero() {
-            tokio::time::sleep(self.settings.health_grace).await;
-            if let Some(why) = unhealthy(shared) {
-                error!(version, reason = %why, "the new bundle failed its health check; reverting");
-                if let Err(e) = self.revert(st, shared, "health", &why).await {
-                    error!(error = %e, "revert failed; still serving the new bundle");
-                }
-            }
-        }
         Ok(SyncOutcome::Activated { version })
     }
 
@@ -744,6 +780,7 @@ impl BundleManager {
                 ..to.clone()
             }),
             previous: st.current.previous.get(1..).unwrap_or_default().to_vec(),
+            quarantined: Some(from.version),
         };
         let commit = {
             let (store, next) = (self.store.clone(), next.clone());
@@ -804,7 +841,9 @@ impl BundleManager {
             r.last_refusal = Some((SystemTime::now(), reason, message.to_string()));
             r.last_sync = Some((SystemTime::now(), "refused", Some(message.to_string())));
         }
-        let key = format!("{reason}: {message}");
+        // Keyed by reason and version, not the message: an expired head's
+        // message changes every poll (it names the time).
+        let key = format!("{reason} {version:?}");
         let repeated = self
             .last_audited_refusal
             .lock()
@@ -867,6 +906,7 @@ impl BundleManager {
     fn update_report(&self, st: &State) {
         if let Ok(mut r) = self.report.lock() {
             r.high_water = st.trust.high_water(&self.scope);
+            r.quarantined = st.current.quarantined;
             r.root_version = st.trust.root().version;
             r.keyset_version = st.trust.keyset().map(|k| k.version);
             r.previous = st.current.previous.iter().map(|i| i.version).collect();
@@ -882,7 +922,6 @@ impl BundleManager {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
-        let active_version = active.as_ref().map(|a| a.installed.version);
         json!({
             "scope": self.scope.to_string(),
             "active": active.as_ref().map(|a| json!({
@@ -893,7 +932,7 @@ impl BundleManager {
             })),
             "previous": r.previous,
             "high_water": r.high_water,
-            "quarantined": (active_version.is_some_and(|v| v < r.high_water)).then_some(r.high_water),
+            "quarantined": r.quarantined,
             "root_version": r.root_version,
             "keyset_version": r.keyset_version,
             "last_sync": r.last_sync.map(|(at, result, detail)| json!({
