@@ -124,7 +124,7 @@ fn split_outside_quotes(s: &str, separator: char) -> Vec<&str> {
 
 /// What the pre-measurement check saw for one system.
 #[derive(Debug, Clone, Serialize)]
-struct ProbeCheck {
+pub struct ProbeCheck {
     system: String,
     url: String,
     /// `Cache-Status` of the probe (after one filling request for cathedral systems).
@@ -189,7 +189,7 @@ async fn run_size(config: &CacheConfig, size: usize) -> anyhow::Result<()> {
     // caching nodes; an origin request for the others.
     let mut checks = Vec::new();
     let direct_url = format!("http://{origin}{OBJECT_PATH}");
-    checks.push(probe_check(CEILING, &direct_url, None, &counter_url, size, 1).await?);
+    checks.push(probe_check(CEILING, &direct_url, None, &counter_url, size, 1, &[]).await?);
     for spec in &nodes {
         let url = format!("http://{}{OBJECT_PATH}", spec.listen);
         let expected_origin_requests = u64::from(!spec.mode.caches());
@@ -200,6 +200,7 @@ async fn run_size(config: &CacheConfig, size: usize) -> anyhow::Result<()> {
             &counter_url,
             size,
             expected_origin_requests,
+            &[],
         )
         .await?;
         let hit = check
@@ -325,24 +326,25 @@ async fn run_size(config: &CacheConfig, size: usize) -> anyhow::Result<()> {
 
 /// For cathedral systems (`fill` set) one GET fills the cache first; then the origin counter
 /// is read around one probe GET, which must return `size` bytes and cause exactly
-/// `expected_origin_requests` origin requests.
-async fn probe_check(
+/// `expected_origin_requests` origin requests. Both GETs carry `headers`.
+pub async fn probe_check(
     system: &str,
     url: &str,
     fill: Option<&str>,
     counter_url: &str,
     size: usize,
     expected_origin_requests: u64,
+    headers: &[(http::HeaderName, http::HeaderValue)],
 ) -> anyhow::Result<ProbeCheck> {
     const WITHIN: Duration = Duration::from_secs(10);
     if let Some(fill) = fill {
-        let filled = client::get(fill, WITHIN).await?;
+        let filled = client::get_with(fill, headers, WITHIN).await?;
         if !filled.status.is_success() {
             bail!("{system}: filling GET {fill} answered {}", filled.status);
         }
     }
     let before = client::read_counter(counter_url).await?;
-    let fetched = client::get(url, WITHIN)
+    let fetched = client::get_with(url, headers, WITHIN)
         .await
         .with_context(|| format!("probing {system}"))?;
     let after = client::read_counter(counter_url).await?;

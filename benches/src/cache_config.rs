@@ -74,7 +74,7 @@ pub struct NodeSpec {
 }
 
 /// A TOML basic string (quotes, backslashes and control characters escaped).
-fn quoted(s: &str) -> String {
+pub fn quoted(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -25,6 +25,15 @@ pub struct Fetched {
 /// GETs `url` (loopback `http://` only, as for `load`) on a fresh connection, reading the
 /// whole body; everything within `within`.
 pub async fn get(url: &str, within: Duration) -> anyhow::Result<Fetched> {
+    get_with(url, &[], within).await
+}
+
+/// [`get`] with extra request headers.
+pub async fn get_with(
+    url: &str,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    within: Duration,
+) -> anyhow::Result<Fetched> {
     let target = Target::parse(url)?;
     tokio::time::timeout(within, async {
         let stream = tokio::net::TcpStream::connect(target.addr)
@@ -34,7 +43,7 @@ pub async fn get(url: &str, within: Duration) -> anyhow::Result<Fetched> {
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await?;
         let driver = tokio::spawn(connection);
-        let request: Request<Empty<Bytes>> = target.request();
+        let request: Request<Empty<Bytes>> = target.request_with(headers);
         let response = sender.send_request(request).await?;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, MAX_BODY)

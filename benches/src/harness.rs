@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 
 use crate::load::{self, LoadConfig, MAX_CONNECTIONS};
 use crate::origin;
-use crate::process::{self, ManagedChild, PinMode, Pinning};
+use crate::process::{self, Accounting, ManagedChild, PinMode, Pinning};
 use crate::procfs::{self, MachineInfo};
 use crate::report;
 use crate::scenario::{
@@ -125,6 +125,10 @@ impl TryFrom<&RunnerArgs> for RunnerConfig {
                 duration_secs: duration.as_secs_f64(),
                 max_requests: None,
                 timeout_secs: REQUEST_TIMEOUT_SECS,
+                headers: Vec::new(),
+                cycle: 1,
+                rate: None,
+                ramp_secs: 0.0,
             },
             pin: args.pin,
             startup_timeout,
@@ -311,18 +315,37 @@ impl Harness {
         args: &[OsString],
         listen: SocketAddr,
     ) -> anyhow::Result<()> {
+        let cathedral = self.config.cathedral.clone();
+        self.start_program(name, &cathedral, args, &[], listen, Accounting::Process)
+            .await
+    }
+
+    /// Starts `program <args>` (with `env` added) as child `name`, pinned like every system
+    /// under test, its output in `<scratch>/<name>.log`, and waits until `listen` accepts
+    /// connections; CPU and RSS are read per `accounting`.
+    pub async fn start_program(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[OsString],
+        env: &[(&str, &str)],
+        listen: SocketAddr,
+        accounting: Accounting,
+    ) -> anyhow::Result<()> {
         let log = self.scratch.join(format!("{name}.log"));
         let (stdout, stderr) = process::log_stdio(&log)?;
         let mut command = self
             .pinning
-            .command(&self.config.cathedral, self.pinning.sut_cpus.as_deref());
+            .command(program, self.pinning.sut_cpus.as_deref());
         command
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let line = format!("{:?}", command.as_std());
-        let mut child = ManagedChild::spawn(name, command, Some(log.clone()))?;
+        let env_prefix: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let line = format!("{env_prefix}{:?}", command.as_std());
+        let mut child = ManagedChild::spawn_with(name, command, Some(log.clone()), accounting)?;
         child
             .wait_until_accepting(listen, self.config.startup_timeout)
             .await?;
@@ -333,6 +356,11 @@ impl Harness {
         );
         self.record(child, line);
         Ok(())
+    }
+
+    /// How many CPUs the systems under test may use (nginx's `worker_processes`).
+    pub fn sut_cpu_count(&self) -> usize {
+        self.pinning.sut_cpu_count(&self.allowed)
     }
 
     /// Fails unless every child is still running.
@@ -398,6 +426,10 @@ pub async fn probe(name: &str, url: &str) -> anyhow::Result<()> {
         timeout: 5.0,
         threads: Some(1),
         json: true,
+        headers: Vec::new(),
+        cycle: 1,
+        rate: None,
+        ramp: 0.0,
     })?;
     let report = load::run(&config).await?;
     if report.requests != 1 {

@@ -13,8 +13,18 @@
 //! CPU time so a saturated generator is visible, errors are counted by kind, and there is no
 //! Debian package or Lua script to install on the benchmark machine.
 //!
-//! Being closed-loop, latencies are "at this concurrency": a slow response delays the next
-//! request on that connection instead of queueing it (no coordinated-omission correction).
+//! By default the loop is closed, so latencies are "at this concurrency": a slow response
+//! delays the next request on that connection instead of queueing it (no coordinated-omission
+//! correction). With `--rate` the loop is open per connection: each connection has a fixed
+//! schedule (`connections / rate` seconds apart, connections staggered evenly), and latency is
+//! measured from the *scheduled* start, so a late response also charges the requests that had
+//! to wait behind it (coordinated omission corrected). `--ramp` spreads the connection opens
+//! over the first seconds (e.g. 10,000 connections), so a connect storm does not overflow the
+//! server's accept backlog; it must fit in the warm-up.
+//!
+//! `--header 'name: value'` adds request headers; `{n}` in a value is replaced by a number
+//! cycling over `--cycle` distinct values (request `k` of connection `i` gets
+//! `(i + k × connections) mod cycle`), e.g. many API keys or users.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -24,7 +34,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Request, Uri};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -38,6 +48,12 @@ use crate::stats::{self, LatencySummary};
 
 /// Upper bound on `--connections`.
 pub const MAX_CONNECTIONS: usize = 20_000;
+
+/// Upper bound on `--cycle` (the distinct header values are built before the run).
+pub const MAX_CYCLE: u64 = 1_000_000;
+
+/// Upper bound on `--header`.
+pub const MAX_HEADERS: usize = 32;
 
 /// Arguments of `cathedral-bench load`.
 #[derive(clap::Args, Debug, Clone)]
@@ -66,6 +82,20 @@ pub struct LoadArgs {
     /// Print the report as one line of JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Extra request header, `name: value` (repeatable); `{n}` in the value cycles over
+    /// `--cycle` values.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// How many distinct values `{n}` in `--header` values takes (0 to N-1).
+    #[arg(long, default_value_t = 1)]
+    pub cycle: u64,
+    /// Open loop: this many requests per second in total, spread evenly over the connections,
+    /// latency measured from each request's scheduled start [default: closed loop].
+    #[arg(long, value_name = "REQ_PER_SEC")]
+    pub rate: Option<f64>,
+    /// Seconds over which the connections are opened, evenly spread; at most --warmup.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp: f64,
 }
 
 /// Where the requests go: a resolved socket address plus what goes on the request line.
@@ -117,12 +147,115 @@ impl Target {
         })
     }
 
-    /// A GET of the target path with its `Host`.
-    pub fn request(&self) -> Request<Empty<Bytes>> {
+    /// A GET of the target path with its `Host` and `extra` headers (appended in order).
+    pub fn request_with(&self, extra: &[(HeaderName, HeaderValue)]) -> Request<Empty<Bytes>> {
         let mut request = Request::new(Empty::new());
         *request.uri_mut() = self.path.clone();
-        request.headers_mut().insert(HOST, self.host.clone());
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.host.clone());
+        for (name, value) in extra {
+            headers.append(name.clone(), value.clone());
+        }
         request
+    }
+}
+
+/// The request headers of a run: for each of `cycle` numbers, the headers with `{n}` filled in.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderSets {
+    /// `sets[n]` are the headers of a request numbered `n`; empty without `--header`.
+    sets: Vec<Vec<(HeaderName, HeaderValue)>>,
+}
+
+impl HeaderSets {
+    /// Parses `name: value` specs and builds the `cycle` variants.
+    pub fn parse(specs: &[String], cycle: u64) -> anyhow::Result<Self> {
+        if specs.len() > MAX_HEADERS {
+            bail!("at most {MAX_HEADERS} --header, not {}", specs.len());
+        }
+        if !(1..=MAX_CYCLE).contains(&cycle) {
+            bail!("--cycle must be between 1 and {MAX_CYCLE}, not {cycle}");
+        }
+        let parsed: Vec<(HeaderName, &str)> = specs
+            .iter()
+            .map(|spec| {
+                let (name, value) = spec
+                    .split_once(':')
+                    .with_context(|| format!("--header {spec:?} is not `name: value`"))?;
+                let name = HeaderName::from_bytes(name.trim().as_bytes())
+                    .with_context(|| format!("--header {spec:?}: invalid header name"))?;
+                if name == HOST {
+                    bail!("--header {spec:?}: the Host header comes from --url");
+                }
+                Ok((name, value.trim()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if parsed.is_empty() {
+            return Ok(Self::default());
+        }
+        let templated = parsed.iter().any(|(_, v)| v.contains("{n}"));
+        let variants = if templated { cycle } else { 1 };
+        let sets = (0..variants)
+            .map(|n| {
+                parsed
+                    .iter()
+                    .map(|(name, template)| {
+                        let value = template.replace("{n}", &n.to_string());
+                        let value = HeaderValue::from_str(&value).with_context(|| {
+                            format!("--header {name}: {template:?} gives an invalid value")
+                        })?;
+                        Ok((name.clone(), value))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { sets })
+    }
+
+    /// The headers of request `k` of connection `index` out of `connections`.
+    pub fn for_request(
+        &self,
+        index: usize,
+        k: u64,
+        connections: usize,
+    ) -> &[(HeaderName, HeaderValue)] {
+        if self.sets.is_empty() {
+            return &[];
+        }
+        let n = (index as u64).wrapping_add(k.wrapping_mul(connections as u64))
+            % self.sets.len() as u64;
+        &self.sets[n as usize]
+    }
+
+    /// How many distinct header sets there are (1 without `{n}`, 0 without headers).
+    pub fn variants(&self) -> usize {
+        self.sets.len()
+    }
+}
+
+/// When connection `index` opens and when its requests are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// Connections open evenly over this span from the start.
+    pub ramp: Duration,
+    /// Open loop: time between two requests of one connection (`connections / rate`).
+    pub interval: Option<Duration>,
+    pub connections: usize,
+}
+
+impl Schedule {
+    /// Offset from the start at which connection `index` opens.
+    pub fn connect_offset(&self, index: usize) -> Duration {
+        self.ramp
+            .mul_f64(index as f64 / self.connections.max(1) as f64)
+    }
+
+    /// Open loop: offset from the start of request `k` of connection `index`: after the ramp,
+    /// connections staggered evenly within one interval.
+    pub fn request_offset(&self, index: usize, k: u64) -> Option<Duration> {
+        let interval = self.interval?;
+        let stagger = interval.mul_f64(index as f64 / self.connections.max(1) as f64);
+        Some(self.ramp + stagger + interval.mul_f64(k as f64))
     }
 }
 
@@ -136,6 +269,10 @@ pub struct LoadConfig {
     pub max_requests: Option<u64>,
     pub timeout: Duration,
     pub threads: usize,
+    pub headers: HeaderSets,
+    pub schedule: Schedule,
+    /// `--rate`, when open loop.
+    pub rate: Option<f64>,
 }
 
 impl TryFrom<&LoadArgs> for LoadConfig {
@@ -157,14 +294,44 @@ impl TryFrom<&LoadArgs> for LoadConfig {
             Some(n) => bail!("--threads must be between 1 and 256, not {n}"),
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
+        let warmup = seconds("--warmup", args.warmup, true, 600.0)?;
+        let ramp = seconds("--ramp", args.ramp, true, 600.0)?;
+        if ramp > warmup {
+            bail!(
+                "--ramp {} must fit in the warm-up (--warmup {}): connection opens are not measured",
+                args.ramp,
+                args.warmup
+            );
+        }
+        let interval = match args.rate {
+            None => None,
+            Some(rate) if rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0 => {
+                let interval = args.connections as f64 / rate;
+                if interval > 3600.0 {
+                    bail!(
+                        "--rate {rate} over {} connections is below one request per connection per hour",
+                        args.connections
+                    );
+                }
+                Some(Duration::from_secs_f64(interval))
+            }
+            Some(rate) => bail!("--rate must be above 0 and at most 10000000, not {rate}"),
+        };
         Ok(Self {
             target,
             connections: args.connections,
             duration: seconds("--duration", args.duration, false, 3600.0)?,
-            warmup: seconds("--warmup", args.warmup, true, 600.0)?,
+            warmup,
             max_requests: args.max_requests,
             timeout: seconds("--timeout", args.timeout, false, 600.0)?,
             threads,
+            headers: HeaderSets::parse(&args.headers, args.cycle)?,
+            schedule: Schedule {
+                ramp,
+                interval,
+                connections: args.connections,
+            },
+            rate: args.rate,
         })
     }
 }
@@ -247,6 +414,15 @@ pub struct LoadReport {
     /// Connections opened over the whole run, including reconnects after a server close.
     pub connections_opened: u64,
     pub cpu: GeneratorCpu,
+    /// Open loop: the offered rate in requests/s (`--rate`); `None` for a closed loop.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Seconds over which the connections were opened.
+    #[serde(default)]
+    pub ramp_secs: f64,
+    /// Distinct header sets cycled over (0 without `--header`).
+    #[serde(default)]
+    pub header_variants: usize,
 }
 
 /// What the connection tasks share.
@@ -254,6 +430,10 @@ pub struct LoadReport {
 struct Shared {
     target: Target,
     timeout: Duration,
+    start: Instant,
+    headers: HeaderSets,
+    schedule: Schedule,
+    connections: usize,
     warmup_end: Instant,
     deadline: Instant,
     max_requests: Option<u64>,
@@ -345,6 +525,10 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     let shared = Arc::new(Shared {
         target: config.target.clone(),
         timeout: config.timeout,
+        start,
+        headers: config.headers.clone(),
+        schedule: config.schedule,
+        connections: config.connections,
         warmup_end,
         deadline,
         max_requests: config.max_requests,
@@ -358,7 +542,7 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     });
 
     let tasks: Vec<_> = (0..config.connections)
-        .map(|_| tokio::spawn(connection(Arc::clone(&shared))))
+        .map(|index| tokio::spawn(connection(Arc::clone(&shared), index)))
         .collect();
     let mut total = ConnStats::new()?;
     for task in tasks {
@@ -416,22 +600,65 @@ pub async fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
             },
             cpus_available: std::thread::available_parallelism().map_or(1, usize::from),
         },
+        rate: config.rate,
+        ramp_secs: config.schedule.ramp.as_secs_f64(),
+        header_variants: config.headers.variants(),
     })
 }
 
-/// One connection's closed loop. Bounded by the deadline (every iteration checks it, and the
-/// only iterations that do not send a request sleep first) and by the request cap.
-async fn connection(shared: Arc<Shared>) -> anyhow::Result<ConnStats> {
+/// One connection's loop: closed (the next request when the previous one is done) or, with a
+/// [`Schedule::interval`], open (each request at its scheduled time, or at once when late).
+/// Bounded by the deadline (closed loop: every iteration checks it; open loop: no request
+/// scheduled after it is sent, and one later than the request timeout is counted as a timeout
+/// without being sent), by the request timeout, and by the request cap.
+async fn connection(shared: Arc<Shared>, index: usize) -> anyhow::Result<ConnStats> {
     /// Pause after a failed connect, so a dead server does not turn into a busy loop.
     const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
     let mut stats = ConnStats::new()?;
     let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
+    // Open the connection at its place in the ramp (not at its first request), so that held
+    // connections are established during the warm-up; a failure here is retried by the loop.
+    tokio::time::sleep_until(shared.start + shared.schedule.connect_offset(index)).await;
+    if let Ok(Ok(s)) = timeout(shared.timeout, connect(shared.target.addr)).await {
+        stats.connections_opened += 1;
+        sender = Some(s);
+    }
+    // Requests sent (or attempted) on this connection so far: picks header values and,
+    // open loop, the next scheduled start.
+    let mut k: u64 = 0;
     loop {
-        let now = Instant::now();
-        if now >= shared.deadline {
-            break;
-        }
-        let measured = now >= shared.warmup_end;
+        let scheduled = shared
+            .schedule
+            .request_offset(index, k)
+            .map(|offset| shared.start + offset);
+        let now = match scheduled {
+            // Open loop: every request scheduled before the deadline is sent, however late
+            // (its lateness is its latency), unless it is later than the request timeout.
+            Some(at) => {
+                if at >= shared.deadline {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                let now = Instant::now();
+                if now >= at + shared.timeout {
+                    if at >= shared.warmup_end {
+                        stats.errors.timeout += 1;
+                        stats.finished_measured(now);
+                    }
+                    k += 1;
+                    continue;
+                }
+                now
+            }
+            None => {
+                let now = Instant::now();
+                if now >= shared.deadline {
+                    break;
+                }
+                now
+            }
+        };
+        let measured = scheduled.unwrap_or(now) >= shared.warmup_end;
         let Some(ready) = sender.as_mut() else {
             match timeout(shared.timeout, connect(shared.target.addr)).await {
                 Ok(Ok(s)) => {
@@ -457,10 +684,12 @@ async fn connection(shared: Arc<Shared>) -> anyhow::Result<ConnStats> {
             continue;
         }
 
-        let started = Instant::now();
-        if started >= shared.deadline {
+        let sent = Instant::now();
+        if scheduled.is_none() && sent >= shared.deadline {
             break;
         }
+        // Open loop: latency counts from the scheduled start (coordinated omission corrected).
+        let started = scheduled.unwrap_or(sent);
         let measured = started >= shared.warmup_end;
         if measured
             && let Some(cap) = shared.max_requests
@@ -468,7 +697,9 @@ async fn connection(shared: Arc<Shared>) -> anyhow::Result<ConnStats> {
         {
             break;
         }
-        let outcome = timeout(shared.timeout, one_request(ready, &shared.target)).await;
+        let headers = shared.headers.for_request(index, k, shared.connections);
+        k += 1;
+        let outcome = timeout(shared.timeout, one_request(ready, &shared.target, headers)).await;
         let finished = Instant::now();
         if !measured {
             if matches!(outcome, Ok(Ok(_))) {
@@ -528,9 +759,10 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> 
 async fn one_request(
     sender: &mut SendRequest<Empty<Bytes>>,
     target: &Target,
+    headers: &[(HeaderName, HeaderValue)],
 ) -> Result<u64, Failure> {
     let response = sender
-        .send_request(target.request())
+        .send_request(target.request_with(headers))
         .await
         .map_err(|_| Failure::Request)?;
     let status = response.status();
@@ -556,7 +788,7 @@ pub fn render_text(r: &LoadReport) -> String {
     let e = &r.errors;
     format!(
         "target       {url}\n\
-         load         {conns} connections, {threads} threads, warm-up {warm:.1} s, measured {measured:.2} s\n\
+         load         {conns} connections, {threads} threads, warm-up {warm:.1} s, measured {measured:.2} s, {mode}\n\
          requests     {reqs} ({rps:.0} req/s), {mib:.2} MiB body ({mibs:.2} MiB/s)\n\
          latency      p50 {p50} µs  p90 {p90} µs  p99 {p99} µs  p99.9 {p999} µs  max {max} µs\n\
          errors       {errors} (connect {c}, request {rq}, timeout {t}, status {s}, body {b})\n\
@@ -565,6 +797,10 @@ pub fn render_text(r: &LoadReport) -> String {
         url = r.url,
         conns = r.connections,
         threads = r.threads,
+        mode = match r.rate {
+            Some(rate) => format!("open loop at {rate} req/s (latency from the scheduled start)"),
+            None => "closed loop".to_owned(),
+        },
         warm = r.warmup_secs,
         measured = r.measured_secs,
         reqs = r.requests,
@@ -605,6 +841,10 @@ mod tests {
             timeout: 5.0,
             threads: Some(1),
             json: false,
+            headers: Vec::new(),
+            cycle: 1,
+            rate: None,
+            ramp: 0.0,
         }
     }
 
@@ -674,6 +914,117 @@ mod tests {
         assert!(seconds("x", 0.0, false, 10.0).is_err());
         assert!(seconds("x", 11.0, false, 10.0).is_err());
         assert!(seconds("x", f64::INFINITY, true, 10.0).is_err());
+    }
+
+    #[test]
+    fn header_values_cycle_over_connections_and_requests() -> anyhow::Result<()> {
+        let sets = HeaderSets::parse(&["x-api-key: key-{n}".into(), "x-static:  same ".into()], 5)?;
+        assert_eq!(sets.variants(), 5);
+        let value = |index, k| -> String {
+            let headers = sets.for_request(index, k, 3);
+            assert_eq!(headers[1].1, "same");
+            headers[0].1.to_str().unwrap_or("?").to_owned()
+        };
+        // (index + k × connections) mod cycle: connection 1's requests 0, 1, 2.
+        assert_eq!(
+            [value(1, 0), value(1, 1), value(1, 2)],
+            ["key-1", "key-4", "key-2"]
+        );
+        assert_eq!(value(0, 5), "key-0");
+        // Without {n} there is one set; without headers none.
+        assert_eq!(HeaderSets::parse(&["a: b".into()], 1000)?.variants(), 1);
+        assert!(HeaderSets::parse(&[], 7)?.for_request(3, 3, 3).is_empty());
+        let err = |specs: &[&str], cycle| {
+            let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+            HeaderSets::parse(&specs, cycle)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(err(&["no colon"], 1).is_some_and(|e| e.contains("not `name: value`")));
+        assert!(err(&["bad name: x"], 1).is_some_and(|e| e.contains("invalid header name")));
+        assert!(err(&["host: x"], 1).is_some_and(|e| e.contains("--url")));
+        assert!(err(&["a: \u{7}{n}"], 2).is_some_and(|e| e.contains("invalid value")));
+        assert!(err(&["a: b"], 0).is_some_and(|e| e.contains("--cycle")));
+        Ok(())
+    }
+
+    #[test]
+    fn open_loop_schedules_are_staggered_after_the_ramp() {
+        let s = Schedule {
+            ramp: Duration::from_secs(10),
+            interval: Some(Duration::from_secs(5)),
+            connections: 4,
+        };
+        assert_eq!(s.connect_offset(0), Duration::ZERO);
+        assert_eq!(s.connect_offset(2), Duration::from_secs(5));
+        assert_eq!(s.request_offset(0, 0), Some(Duration::from_secs(10)));
+        assert_eq!(s.request_offset(1, 0), Some(Duration::from_millis(11_250)));
+        assert_eq!(s.request_offset(1, 2), Some(Duration::from_millis(21_250)));
+        let closed = Schedule {
+            interval: None,
+            ..s
+        };
+        assert_eq!(closed.request_offset(1, 2), None);
+    }
+
+    #[test]
+    fn rate_and_ramp_are_validated() {
+        let err = |a: LoadArgs| LoadConfig::try_from(&a).err().map(|e| e.to_string());
+        let mut a = args("http://127.0.0.1:1/");
+        a.ramp = 1.0;
+        assert!(
+            err(a).is_some_and(|e| e.contains("--ramp")),
+            "the ramp exceeds the warm-up"
+        );
+        let mut a = args("http://127.0.0.1:1/");
+        a.rate = Some(0.0);
+        assert!(err(a).is_some_and(|e| e.contains("--rate")));
+        let mut a = args("http://127.0.0.1:1/");
+        a.rate = Some(0.0001);
+        assert!(err(a).is_some_and(|e| e.contains("per hour")));
+        let mut a = args("http://127.0.0.1:1/");
+        a.warmup = 2.0;
+        a.ramp = 1.0;
+        a.rate = Some(8.0);
+        let config = LoadConfig::try_from(&a).ok();
+        assert_eq!(
+            config.map(|c| c.schedule.interval),
+            Some(Some(Duration::from_millis(500))),
+            "4 connections at 8 req/s: one request each every 500 ms"
+        );
+    }
+
+    /// An open-loop run with headers against an in-process origin: the offered rate is what
+    /// is measured, every connection opened once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_loop_load_against_an_in_process_origin() -> anyhow::Result<()> {
+        let origin = Origin::bind(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            16,
+            crate::origin::ReplyHeaders::default(),
+        )
+        .await?;
+        let addr = origin.local_addr()?;
+        let server = tokio::spawn(origin.serve_until(tokio::time::sleep(Duration::from_secs(20))));
+        let mut a = args(&format!("http://{addr}/"));
+        a.connections = 8;
+        a.warmup = 0.3;
+        a.ramp = 0.2;
+        a.duration = 1.0;
+        a.rate = Some(200.0);
+        a.headers = vec!["x-user: u{n}".into()];
+        a.cycle = 10;
+        let report = timeout(Duration::from_secs(20), run(&LoadConfig::try_from(&a)?)).await??;
+        server.abort();
+        assert_eq!(report.errors, ErrorCounts::default(), "{report:#?}");
+        assert_eq!(report.connections_opened, 8);
+        assert_eq!(report.rate, Some(200.0));
+        assert_eq!(report.header_variants, 10);
+        // 8 connections, one request each every 40 ms, a 1 s window: 25 each, however late
+        // they are sent (the schedule, not the server or the machine, sets the count).
+        assert!((195..=205).contains(&report.requests), "{report:#?}");
+        assert!(render_text(&report).contains("open loop at 200 req/s"));
+        Ok(())
     }
 
     /// The in-process end-to-end check: a real origin on 127.0.0.1:0, a real load run

@@ -5,21 +5,29 @@
 //! Module map: [`origin`] and [`load`] are the two halves of any measurement; [`scenario`]
 //! runs systems under test against them and summarises; [`harness`] is the one code path
 //! around it (arguments, children, results); [`proxy`] and [`cache`] (with [`cache_config`])
-//! are the scenarios; [`process`] (children, pinning), [`procfs`] (CPU, RSS), [`client`]
-//! (one-shot GETs), [`stats`] and [`report`] support them.
+//! are cathedral-only scenarios; [`compare`] runs cathedral beside nginx and `wasmtime serve`
+//! ([`peers`] provisions them, [`nginx_config`] and [`compare_config`] generate their
+//! configs, [`chart`] draws the SVG); [`process`] (children, pinning), [`procfs`] (CPU, RSS),
+//! [`client`] (one-shot GETs), [`stats`] and [`report`] support them.
 
 mod cache;
 mod cache_config;
+mod chart;
 mod client;
+mod compare;
+mod compare_config;
 mod harness;
 mod load;
+mod nginx_config;
 mod origin;
+mod peers;
 mod process;
 mod procfs;
 mod proxy;
 mod report;
 mod scenario;
 mod stats;
+mod wrk;
 
 use clap::{Parser, Subcommand};
 
@@ -41,6 +49,11 @@ enum Command {
     /// Cache-hit scenario: cathedral with the cache on (integrity 1 in 100, always) and off,
     /// and the origin directly, per object size.
     Cache(cache::CacheArgs),
+    /// cathedral side by side with nginx and `wasmtime serve`: builds and installs what it
+    /// needs, runs every scenario, writes JSON, markdown and an SVG chart (BENCHMARKS.md).
+    Compare(compare::CompareArgs),
+    /// Builds and installs what `compare` needs (same flags), then prints the versions.
+    Prepare(compare::CompareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +62,8 @@ fn main() -> anyhow::Result<()> {
         Command::Load(args) => load::main(args),
         Command::Proxy(args) => proxy::main(args),
         Command::Cache(args) => cache::main(args),
+        Command::Compare(args) => compare::main(args),
+        Command::Prepare(args) => compare::prepare(args),
     }
 }
 

@@ -111,19 +111,44 @@ pub fn free_loopback_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
     listeners.iter().map(|l| Ok(l.local_addr()?)).collect()
 }
 
-/// A running child of the scenario, killed when dropped.
+/// Which processes a child's CPU time and peak RSS are read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accounting {
+    /// The child process alone (cathedral, the origin, `wasmtime serve`: one process each).
+    Process,
+    /// The child and every descendant, summed (nginx: a master and its workers).
+    Tree,
+}
+
+/// A running child of the scenario in its own process group; the whole group is killed when
+/// the child is dropped or stopped, so a server's worker processes never outlive the harness
+/// run (nginx workers do not exit with their master).
 #[derive(Debug)]
 pub struct ManagedChild {
     pub name: String,
     child: Child,
     pid: u32,
     log: Option<PathBuf>,
+    accounting: Accounting,
+    /// Set by [`ManagedChild::stop`], so dropping afterwards signals nothing.
+    stopped: bool,
 }
 
 impl ManagedChild {
-    /// Spawns `command` (with `kill_on_drop`); `log` is where its output goes, for error messages.
-    pub fn spawn(name: &str, mut command: Command, log: Option<PathBuf>) -> anyhow::Result<Self> {
-        command.kill_on_drop(true);
+    /// Spawns `command` in a new process group; `log` is where its output goes, for error
+    /// messages.
+    pub fn spawn(name: &str, command: Command, log: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::spawn_with(name, command, log, Accounting::Process)
+    }
+
+    /// [`ManagedChild::spawn`] with CPU and RSS read per `accounting`.
+    pub fn spawn_with(
+        name: &str,
+        mut command: Command,
+        log: Option<PathBuf>,
+        accounting: Accounting,
+    ) -> anyhow::Result<Self> {
+        command.kill_on_drop(true).process_group(0);
         let child = command
             .spawn()
             .with_context(|| format!("starting {name} ({command:?})"))?;
@@ -135,6 +160,8 @@ impl ManagedChild {
             child,
             pid,
             log,
+            accounting,
+            stopped: false,
         })
     }
 
@@ -174,14 +201,50 @@ impl ManagedChild {
         }
     }
 
-    /// CPU time of the child so far.
-    pub fn cpu_times(&self) -> anyhow::Result<CpuTimes> {
-        procfs::cpu_times(Pid::Other(self.pid))
+    /// The processes this child's figures are read from: itself, and with
+    /// [`Accounting::Tree`] its live descendants.
+    fn accounted(&self) -> Vec<u32> {
+        match self.accounting {
+            Accounting::Process => vec![self.pid],
+            Accounting::Tree => {
+                let mut pids = vec![self.pid];
+                pids.extend(procfs::descendants(self.pid));
+                pids
+            }
+        }
     }
 
-    /// Peak RSS of the child so far (`VmHWM`).
+    /// CPU time of the child so far (with [`Accounting::Tree`], of its live process tree).
+    pub fn cpu_times(&self) -> anyhow::Result<CpuTimes> {
+        let mut total = procfs::cpu_times(Pid::Other(self.pid))?;
+        for pid in self.accounted().into_iter().skip(1) {
+            // A descendant may exit between listing and reading: skip it.
+            if let Ok(t) = procfs::cpu_times(Pid::Other(pid)) {
+                total.user_secs += t.user_secs;
+                total.system_secs += t.system_secs;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Peak RSS of the child so far (`VmHWM`; with [`Accounting::Tree`], summed over its live
+    /// process tree, an upper bound since shared pages count once per process).
     pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
-        procfs::peak_rss_bytes(Pid::Other(self.pid))
+        let mut total = procfs::peak_rss_bytes(Pid::Other(self.pid))?;
+        for pid in self.accounted().into_iter().skip(1) {
+            total += procfs::peak_rss_bytes(Pid::Other(pid)).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Sends `signal` (e.g. `TERM`, `KILL`) to the child's whole process group with `kill(1)`.
+    fn signal_group(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args(["-s", signal, "--", &format!("-{}", self.pid)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 
     /// Waits until `addr` accepts TCP connections, failing if the child exits or `within` passes.
@@ -235,15 +298,37 @@ impl ManagedChild {
         }
     }
 
-    /// Kills the child and reaps it.
+    /// Stops the child's process group: SIGTERM (a graceful stop, e.g. nginx's fast shutdown),
+    /// SIGKILL after 5 s, and reaps the child.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if self.child.try_wait()?.is_none() {
-            self.child.start_kill()?;
-            tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            self.signal_group("TERM");
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
                 .await
-                .with_context(|| format!("{} did not exit after SIGKILL", self.name))??;
+                .is_err()
+            {
+                self.signal_group("KILL");
+                tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                    .await
+                    .with_context(|| format!("{} did not exit after SIGKILL", self.name))??;
+            }
         }
+        // Whatever of the group is left (workers of a master that died first).
+        self.signal_group("KILL");
+        self.stopped = true;
         Ok(())
+    }
+}
+
+impl Drop for ManagedChild {
+    /// On error paths and Ctrl-C: kill the whole process group, not just the child.
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if matches!(self.child.try_wait(), Ok(None)) || self.accounting == Accounting::Tree {
+            self.signal_group("KILL");
+        }
     }
 }
 

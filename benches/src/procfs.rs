@@ -93,6 +93,47 @@ pub fn parse_stat_ticks_with_children(stat: &str) -> Option<u64> {
     (fields.len() == 4).then(|| fields.iter().sum())
 }
 
+/// The live descendants of `pid` (children, their children, ...), from the parent pid of
+/// every process in `/proc`. Best effort: processes that vanish while listing are skipped.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            Some((p, parse_stat_ppid(&stat)?))
+        })
+        .collect();
+    descendants_of(pid, &parents)
+}
+
+/// The descendants of `root` in a list of `(pid, parent pid)` pairs, breadth first.
+pub fn descendants_of(root: u32, parents: &[(u32, u32)]) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    // Bounded: every pid is added at most once (a pid is its own parent only for pid 0).
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in parents {
+            if ppid == parent && pid != root && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// The parent pid (field 4) of a `/proc/<pid>/stat` line.
+pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Busy CPU seconds of the whole machine since boot, all CPUs summed (`/proc/stat`).
 pub fn machine_busy_secs() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
@@ -259,6 +300,23 @@ mod tests {
         assert_eq!(parse_stat_ticks(tricky), Some((5, 6)));
         assert_eq!(parse_stat_ticks("garbage"), None);
         assert_eq!(parse_stat_ticks("1 (x) R 1 2"), None);
+    }
+
+    #[test]
+    fn process_trees_are_walked_from_parent_pids() {
+        assert_eq!(
+            parse_stat_ppid("7213 (a) b) S 7207 7207 6172 0 -1"),
+            Some(7207)
+        );
+        assert_eq!(parse_stat_ppid("garbage"), None);
+        // 10 → 11, 12; 12 → 13; 20 is unrelated.
+        let parents = [(11, 10), (12, 10), (13, 12), (20, 1), (10, 1)];
+        let mut found = descendants_of(10, &parents);
+        found.sort_unstable();
+        assert_eq!(found, [11, 12, 13]);
+        assert!(descendants_of(13, &parents).is_empty());
+        // This process's descendants are listed (none right now, or the test harness's own).
+        assert!(!descendants(std::process::id()).contains(&std::process::id()));
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub struct LoadParams {
     pub duration_secs: f64,
     pub max_requests: Option<u64>,
     pub timeout_secs: f64,
+    /// `--header` specs of the generator (`{n}` cycles over `cycle` values).
+    pub headers: Vec<String>,
+    pub cycle: u64,
+    /// Open loop at this many requests/s in total; `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Seconds over which the generator opens its connections (inside the warm-up).
+    pub ramp_secs: f64,
 }
 
 /// One system to measure: the URL the generator drives, and the child process whose CPU
@@ -371,6 +378,18 @@ async fn drive(generator: &Generator, url: &str, load: &LoadParams) -> anyhow::R
     if let Some(max) = load.max_requests {
         command.arg("--max-requests").arg(max.to_string());
     }
+    for header in &load.headers {
+        command.arg("--header").arg(header);
+    }
+    if load.cycle != 1 {
+        command.arg("--cycle").arg(load.cycle.to_string());
+    }
+    if let Some(rate) = load.rate {
+        command.arg("--rate").arg(rate.to_string());
+    }
+    if load.ramp_secs > 0.0 {
+        command.arg("--ramp").arg(load.ramp_secs.to_string());
+    }
     let limit =
         Duration::from_secs_f64(load.warmup_secs + load.duration_secs + load.timeout_secs + 30.0);
     let child = command.spawn().context("starting the load generator")?;
@@ -393,8 +412,15 @@ pub struct SystemSummary {
     pub p50_us: Option<f64>,
     /// Median over runs of each run's p99.
     pub p99_us: Option<f64>,
+    /// Median over runs of each run's p99.9.
+    pub p999_us: Option<f64>,
     /// Errors summed over all runs.
     pub errors: u64,
+    /// Of [`SystemSummary::errors`], complete responses outside 2xx, by status, over all runs.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Most connections the generator opened in one run (reconnects after a server close
+    /// included): above the configured connections means the server closed some.
+    pub connections_opened_max: Option<u64>,
     /// Largest `VmHWM` of this system's process.
     pub peak_rss_bytes: Option<u64>,
     /// requests/s of this system divided by the baseline's, computed per run; `None` for the
@@ -517,7 +543,15 @@ pub fn summarise(scenario: &Scenario, measurements: &[Measurement]) -> Vec<Syste
                 requests_per_sec: stats::spread(&values(&|m| m.load.requests_per_sec)),
                 p50_us: stats::median(&values(&|m| m.load.latency.p50_us as f64)),
                 p99_us: stats::median(&values(&|m| m.load.latency.p99_us as f64)),
+                p999_us: stats::median(&values(&|m| m.load.latency.p999_us as f64)),
                 errors: ms.iter().map(|m| m.load.errors_total).sum(),
+                statuses: ms.iter().fold(BTreeMap::new(), |mut all, m| {
+                    for (code, n) in &m.load.statuses {
+                        *all.entry(*code).or_default() += n;
+                    }
+                    all
+                }),
+                connections_opened_max: ms.iter().map(|m| m.load.connections_opened).max(),
                 peak_rss_bytes: ms
                     .iter()
                     .filter_map(|m| m.peak_rss_bytes.get(&system.process).copied())
@@ -599,6 +633,10 @@ pub(crate) mod tests {
                 duration_secs: 10.0,
                 max_requests: None,
                 timeout_secs: 10.0,
+                headers: Vec::new(),
+                cycle: 1,
+                rate: None,
+                ramp_secs: 0.0,
             },
             runs: 3,
             quiet: None,
@@ -652,6 +690,9 @@ pub(crate) mod tests {
                     cores_used: 0.5,
                     ..GeneratorCpu::default()
                 },
+                rate: None,
+                ramp_secs: 0.0,
+                header_variants: 0,
             },
             process_cpu: [(
                 process.to_owned(),
