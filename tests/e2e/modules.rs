@@ -705,6 +705,13 @@ filters = ["stamp"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_swap_under_load_drops_no_request() {
     let origin = Origin::start().await;
+    // HTML pages: the personalize generations only stamp HTML.
+    for path in ["/x", "/after"] {
+        origin.script(
+            path,
+            Scripted::ok(&format!("origin:{path}"), &[("content-type", "text/html")]),
+        );
+    }
     let node = Arc::new(TestNode::start(&stamp_config(&origin.url(), 1)).await);
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
