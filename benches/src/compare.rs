@@ -366,6 +366,10 @@ pub struct ScenarioOutcome {
     /// Findings of the post-measurement checks (hits that were not hits, non-2xx answers,
     /// reconnects); empty when everything was as intended.
     pub warnings: Vec<String>,
+    /// Rows whose numbers describe the load generator rather than the system (it used nearly
+    /// all of its CPUs): a limit of the measurement, not a failed check.
+    #[serde(default)]
+    pub caveats: Vec<String>,
     /// Why the scenario produced no numbers.
     pub error: Option<String>,
     /// `wrk` driving the same systems after the runs (empty when not done).
@@ -591,6 +595,7 @@ fn failed(kind: ScenarioKind, plan: &Plan, error: String) -> ScenarioOutcome {
         notes: Vec::new(),
         results_file: None,
         warnings: Vec::new(),
+        caveats: Vec::new(),
         error: Some(error),
         cross_check: Vec::new(),
     }
@@ -1231,6 +1236,10 @@ fn outcome(
     for w in &warnings {
         eprintln!("[compare] WARNING: {w}");
     }
+    let caveats = generator_bound(result);
+    for c in &caveats {
+        eprintln!("[compare] CAVEAT: {c}");
+    }
     ScenarioOutcome {
         kind,
         title: title(kind, plan),
@@ -1240,9 +1249,37 @@ fn outcome(
         notes,
         results_file: Some(path),
         warnings,
+        caveats,
         error: None,
         cross_check,
     }
+}
+
+/// Share of its CPUs above which the generator counts as saturated.
+const GENERATOR_BOUND: f64 = 0.9;
+
+/// Systems whose measurements had the generator using at least [`GENERATOR_BOUND`] of the CPUs
+/// it may use (median over runs): their requests/s are a floor, set by the generator.
+pub fn generator_bound(result: &ScenarioResult) -> Vec<String> {
+    result
+        .summary
+        .iter()
+        .filter_map(|row| {
+            let used = row.generator_cores_used?;
+            let cpus = result
+                .measurements
+                .iter()
+                .find(|m| m.system == row.system)
+                .map_or(1, |m| m.load.cpu.cpus_available.max(1));
+            (used >= GENERATOR_BOUND * cpus as f64).then(|| {
+                format!(
+                    "{}: {}: the load generator used {used:.2} of its {cpus} CPU(s): these req/s \
+                     are the generator's limit, a floor for the system (compare the wrk cross-check)",
+                    result.scenario.name, row.system
+                )
+            })
+        })
+        .collect()
 }
 
 /// Drives every system of `result` once with `wrk` (when available and the scenario is
@@ -1615,6 +1652,14 @@ pub fn render_markdown(c: &Comparison, paths: &OutputPaths) -> String {
         }
         out.push('\n');
     }
+    let caveats: Vec<&String> = c.scenarios.iter().flat_map(|s| &s.caveats).collect();
+    if !caveats.is_empty() {
+        out.push_str("Caveats:\n\n");
+        for caveat in caveats {
+            let _ = writeln!(out, "- {caveat}");
+        }
+        out.push('\n');
+    }
     let cross: Vec<(&ScenarioOutcome, &WrkResult)> = c
         .scenarios
         .iter()
@@ -1874,6 +1919,7 @@ mod tests {
             notes: vec!["a note".into()],
             results_file: Some(workspace_root().join("benches/results/compare-cache-1KiB-x.json")),
             warnings: vec!["compare-cache-1KiB: cathedral: non-2xx responses {429: 2}".into()],
+            caveats: vec!["compare-cache-1KiB: direct: the load generator used 0.97".into()],
             error: None,
             cross_check: vec![WrkResult {
                 system: "direct".into(),
@@ -1929,6 +1975,7 @@ mod tests {
             "### 2026-11-27T00:00:00Z — commit 0123456+uncommitted\n",
             "cathedral 0.1.0 (binary built by this run, written 2026-11-26T23:59:00Z; workspace at commit 0123456789abcdef plus uncommitted changes in M runtime/edge/src/lib.rs)",
             "Checks that failed:",
+            "Caveats:\n\n- compare-cache-1KiB: direct: the load generator used 0.97\n",
             "nginx version: nginx/1.22.1, wasmtime 48.0.8, rustc 1.95.0",
             "RLIMIT_NOFILE 20000 (hard 20000)",
             "| cache hit, 1 KiB, 64 connections | direct | 95,000 [90,000–100,000] | 500 µs | 1.55 ms |",
@@ -2003,6 +2050,19 @@ mod tests {
         assert_eq!(
             non_2xx(&result),
             ["proxy: cathedral: non-2xx responses {503: 1}"]
+        );
+        assert!(
+            generator_bound(&result).is_empty(),
+            "0.5 of 1 CPU is not saturated"
+        );
+        let mut busy = result.clone();
+        busy.measurements[0].load.cpu.cpus_available = 1;
+        busy.summary[0].generator_cores_used = Some(0.95);
+        let bound = generator_bound(&busy);
+        assert_eq!(bound.len(), 1);
+        assert!(
+            bound[0].starts_with("proxy: direct: the load generator used 0.95 of its 1 CPU(s)"),
+            "{bound:?}"
         );
         let closed = reconnects(&result, 64);
         assert_eq!(closed.len(), 1);
