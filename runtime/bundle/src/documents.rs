@@ -326,6 +326,19 @@ impl Head {
     pub fn scope(&self) -> Scope {
         Scope::new(&self.environment, &self.region)
     }
+
+    /// [`Head::check`], and the head must be for `scope`.
+    pub fn check_for(&self, scope: &Scope) -> Result<()> {
+        self.check()?;
+        if self.scope() != *scope {
+            return Err(Error::WrongScope {
+                doc: DocKind::Head,
+                expected: scope.to_string(),
+                got: self.scope().to_string(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A content type as a header value may carry it.

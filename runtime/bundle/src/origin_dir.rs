@@ -226,14 +226,7 @@ impl OriginDir {
         let dest = self.head_path(scope)?;
         let env = Envelope::parse(envelope, DocKind::Head, MAX_SMALL_DOC)?;
         let head: Head = from_slice_strict(DocKind::Head, &env.payload)?;
-        head.check()?;
-        if head.scope() != *scope {
-            return Err(Error::WrongScope {
-                doc: DocKind::Head,
-                expected: scope.to_string(),
-                got: head.scope().to_string(),
-            });
-        }
+        head.check_for(scope)?;
         if let Some(dir) = dest.parent() {
             fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }

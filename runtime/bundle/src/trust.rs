@@ -201,14 +201,7 @@ impl Trust {
         let env = Envelope::parse(bytes, DocKind::Head, MAX_SMALL_DOC)?;
         self.verify_signed(&env, Some(now))?;
         let head: Head = from_slice_strict(DocKind::Head, &env.payload)?;
-        head.check()?;
-        if head.scope() != *scope {
-            return Err(Error::WrongScope {
-                doc: DocKind::Head,
-                expected: scope.to_string(),
-                got: head.scope().to_string(),
-            });
-        }
+        head.check_for(scope)?;
         if head.expires <= now {
             return Err(Error::Expired {
                 doc: DocKind::Head,
