@@ -166,7 +166,13 @@ pub fn files(spec: &NodeSpec) -> Vec<(PathBuf, String)> {
 /// Writes [`files`] under `dir` (created) and returns the bootstrap file's path, the one to
 /// give `cathedral serve --config`.
 pub fn write(dir: &Path, spec: &NodeSpec) -> anyhow::Result<PathBuf> {
-    for (relative, text) in files(spec) {
+    write_files(dir, files(spec))
+}
+
+/// Writes `files` (path relative to `dir`, text) under `dir` and returns the path of the
+/// bootstrap file among them, `node.toml`.
+pub fn write_files(dir: &Path, files: Vec<(PathBuf, String)>) -> anyhow::Result<PathBuf> {
+    for (relative, text) in files {
         let path = dir.join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)

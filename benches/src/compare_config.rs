@@ -13,9 +13,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-
-use crate::cache_config::{REGION, quoted, region_toml};
+use crate::cache_config::{REGION, quoted, region_toml, write_files};
 use crate::nginx_config::WORKER_CONNECTIONS;
 
 /// The request header carrying the API key the `ratelimit` module counts by.
@@ -224,20 +222,13 @@ pub fn files(spec: &NodeSpec, modules: &Modules) -> Vec<(PathBuf, String)> {
 
 /// Writes [`files`] under `dir` (created) and returns the bootstrap file's path.
 pub fn write(dir: &Path, spec: &NodeSpec, modules: &Modules) -> anyhow::Result<PathBuf> {
-    for (relative, text) in files(spec, modules) {
-        let path = dir.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(dir.join("node.toml"))
+    write_files(dir, files(spec, modules))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anyhow::Context as _;
     use std::process::Command;
 
     fn spec(kind: NodeKind) -> NodeSpec {
