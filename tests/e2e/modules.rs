@@ -146,6 +146,18 @@ async fn personalize_runs_after_the_cache_one_generic_copy_many_users() {
         !headers.contains_key("content-length"),
         "no unpersonalised length on HEAD: {headers:?}"
     );
+    // Both hooks of a request share one instance on a hit; the miss
+    // released its instance before the origin fetch and made another for
+    // on-response: 13 requests, 26 calls, 12 + 2 instances.
+    let labels = "module=\"personalize\"";
+    assert_eq!(
+        module_metric(&node, "cathedral_module_calls_total", labels).await,
+        26.0
+    );
+    assert_eq!(
+        module_metric(&node, "cathedral_module_instances_total", labels).await,
+        14.0
+    );
     let heroes: BTreeSet<&str> = first
         .values()
         .map(|b| {

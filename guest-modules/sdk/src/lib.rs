@@ -69,8 +69,9 @@ pub use bindings::cathedral::edge::types::{
 };
 
 /// A filter: implement the hooks you need and export the type with
-/// [`export_filter!`]. Each call runs in a fresh instance, so keep no state
-/// in statics expecting to see it again.
+/// [`export_filter!`]. Each request runs in its own instance, and a
+/// request's two hooks may or may not share one: keep no state in statics
+/// expecting to see it again.
 pub trait Filter {
     /// Called before the cache lookup. The default lets the request go on.
     fn on_request(request: RequestHead, client: Client) -> RequestAction {

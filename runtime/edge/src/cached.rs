@@ -37,6 +37,9 @@ struct Exchange {
     policy: Arc<RoutePolicy>,
 }
 
+/// Serves `req` through the cache. `before_wait` runs once the answer is
+/// known not to be a stored response served at once (a miss, a
+/// revalidation, a bypass, an upgrade): before any origin wait.
 pub async fn serve(
     shared: &Arc<Shared>,
     ctx: &RequestCtx,
@@ -44,9 +47,11 @@ pub async fn serve(
     upstream: &Arc<UpstreamClient>,
     policy: &Arc<RoutePolicy>,
     req: Request<hyper::body::Incoming>,
+    before_wait: &mut (dyn FnMut() + Send),
 ) -> Response<Body> {
     // Upgrades (WebSockets) are connections, not representations.
     if proxy::upgrade_protocol(&req).is_some() {
+        before_wait();
         return proxy::forward(shared, ctx, route, upstream, req).await;
     }
     let x = Exchange {
@@ -62,6 +67,9 @@ pub async fn serve(
         shared.cache.lookup(&creq, policy)
     };
     let status = CacheStatus::from_lookup(&lookup);
+    if !matches!(lookup, Lookup::Hit(_) | Lookup::Stale { .. }) {
+        before_wait();
+    }
     match lookup {
         Lookup::Hit(hit) => x.serve_hit(&hit, &parts, status),
         Lookup::Stale { hit, refresh } => {

@@ -422,6 +422,18 @@ impl prometheus_client::collector::Collector for ModuleCollector {
             };
             ConstCounter::new(s.calls).encode(calls.encode_family(&labels)?)?;
         }
+        let mut instances = encoder.encode_descriptor(
+            "cathedral_module_instances",
+            "Wasm instances made for calls, by module (a filter's two hooks share one on a cache hit)",
+            None,
+            kind,
+        )?;
+        for (module, s) in &stats {
+            let labels = ModuleLabel {
+                module: module.clone(),
+            };
+            ConstCounter::new(s.instances).encode(instances.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }

@@ -125,7 +125,7 @@ pub async fn handle(
                     let plain_route =
                         route.filters.is_empty() && !matches!(route.target, Target::Handler(_));
                     let (mut resp, upstream) = if plain_route {
-                        dispatch(&shared, &ctx, route, req, None, false).await
+                        dispatch(&shared, &ctx, route, req, None, false, &mut || {}).await
                     } else {
                         filtered(&shared, &ctx, route, req).await
                     };
@@ -163,6 +163,9 @@ pub async fn handle(
 
 /// Hands the request to the route's target. `no_store`: a request filter
 /// said the response must not be stored, so the cache is bypassed.
+/// `before_wait` runs before the target waits on an origin or a handler
+/// (not for a cache hit or static content): it frees what the request
+/// holds that others may need meanwhile (its filters' instances).
 async fn dispatch(
     shared: &Arc<Shared>,
     ctx: &RequestCtx,
@@ -170,6 +173,7 @@ async fn dispatch(
     req: Request<Incoming>,
     env: Option<&RequestEnv>,
     no_store: bool,
+    before_wait: &mut (dyn FnMut() + Send),
 ) -> (Response<Body>, Option<String>) {
     match &route.target {
         Target::Static(site) => {
@@ -182,20 +186,25 @@ async fn dispatch(
         Target::Upstream(up) => {
             let resp = match &route.cache {
                 Some(policy) if !no_store => {
-                    cached::serve(shared, ctx, route, up, policy, req).await
+                    cached::serve(shared, ctx, route, up, policy, req, before_wait).await
                 }
                 Some(_) => {
+                    before_wait();
                     let mut resp = proxy::forward(shared, ctx, route, up, req).await;
                     CacheStatus::forward(Fwd::Bypass)
                         .detail("no-store by filter")
                         .append_to(resp.headers_mut());
                     resp
                 }
-                None => proxy::forward(shared, ctx, route, up, req).await,
+                None => {
+                    before_wait();
+                    proxy::forward(shared, ctx, route, up, req).await
+                }
             };
             (resp, Some(up.name().to_owned()))
         }
         Target::Handler(handler) => {
+            before_wait();
             let env = env
                 .cloned()
                 .unwrap_or_else(|| RequestEnv::new(client_info(shared, ctx)))
@@ -265,12 +274,12 @@ async fn filtered(
         .unwrap_or("")
         .to_owned();
     let (mut parts, body) = req.into_parts();
-    let no_store =
-        match filters::on_request(&route.filters, &mut parts, scheme, &authority, &env).await {
-            filters::RequestOutcome::Respond(resp) => return (resp, None),
-            filters::RequestOutcome::Continue { no_store } => no_store,
-        };
-    if route.filters.is_empty() {
+    let mut chain = filters::Chain::new(&route.filters, &env);
+    let no_store = match chain.on_request(&mut parts, scheme, &authority).await {
+        filters::RequestOutcome::Respond(resp) => return (resp, None),
+        filters::RequestOutcome::Continue { no_store } => no_store,
+    };
+    if chain.is_empty() {
         return dispatch(
             shared,
             ctx,
@@ -278,6 +287,7 @@ async fn filtered(
             Request::from_parts(parts, body),
             Some(&env),
             no_store,
+            &mut || {},
         )
         .await;
     }
@@ -298,10 +308,10 @@ async fn filtered(
         Request::from_parts(parts, body),
         Some(&env),
         no_store,
+        &mut || chain.release(),
     )
     .await;
-    let (resp, _) =
-        filters::on_response(&route.filters, &seen, scheme, &authority, resp, &env).await;
+    let (resp, _) = chain.on_response(&seen, scheme, &authority, resp).await;
     let resp = match (client_conditionals, max_body) {
         (Some(conditionals), Some(limit)) => {
             answer_conditionals(resp, &seen.method, &conditionals, limit).await

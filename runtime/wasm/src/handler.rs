@@ -52,6 +52,7 @@ impl Module {
         };
         let request = request.map(|body| body.map_err(body_error).boxed_unsync());
         let mut call = self.call(env);
+        call.begin();
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let resources = {
             let mut http = call.store.data_mut().http();

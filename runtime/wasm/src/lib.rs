@@ -19,8 +19,11 @@
 //!   deadline, memory limit, wall timeout, config map, granted rate-limit
 //!   policies). Cheap to clone; immutable; put it in the activation snapshot.
 //! * **Per request: [`RequestEnv`]** (the [`ClientInfo`] and the route's
-//!   [`Backends`]) and, inside each call, a fresh store and instance: nothing
-//!   leaks between calls, requests or users.
+//!   [`Backends`]) and a fresh store and instance: per handler call, and per
+//!   [`FilterInstance`] — one filter's hooks for one request, which run in
+//!   one instance while the node keeps it (a cache hit), or each in its own
+//!   after [`FilterInstance::release`] (before an origin fetch). Nothing
+//!   leaks between requests or users.
 //!
 //! # Calling modules from the node (phase 2)
 //!
@@ -37,19 +40,22 @@
 //!
 //! // Per request, after routing and native rate limits:
 //! let env = RequestEnv::new(ClientInfo { ip, country, region, user_id });
+//! // One FilterInstance per filter of the route:
+//! let mut instance = FilterInstance::new(&filter, &env);
 //! // Request filters, in route order, BEFORE the cache lookup:
 //! let head = RequestHead::new(&parts, scheme, host);
-//! match filter.on_request(head, &env).await {
+//! match instance.on_request(head).await {
 //!     Ok(RequestAction::Continue) => {}
 //!     Ok(RequestAction::Edit(edit)) => { edit.apply(&mut parts); no_store |= edit.no_store; }
 //!     Ok(RequestAction::Respond(response)) => return respond(response), // skip cache and origin
 //!     Err(e) => match fail_policy { Closed => return status_503(), Open => {} }, // e.kind()
 //! }
-//! // ... cache lookup; on a miss the origin, static content, or a handler:
+//! // ... cache lookup; a hit keeps the instances. On a miss, release them
+//! // (`instance.release()`) before the origin, static content, or a handler:
 //! let response = handler.handle(request, &env.clone().with_backends(route_backends)).await?;
 //! // ... store per cache policy; then response filters, AFTER the cache:
 //! let parts_view = ResponseParts { status, headers: &headers, body: body_if_route_wants_it };
-//! match filter.on_response(head, parts_view, &env).await {
+//! match instance.on_response(head, parts_view).await {
 //!     Ok(ResponseAction::Pass) => {}
 //!     Ok(ResponseAction::Edit(edit)) => { edit.apply(&mut response_parts); /* swap body if Some */ }
 //!     Err(e) => { /* fail policy */ }
@@ -115,6 +121,7 @@ mod check;
 mod engine;
 mod error;
 mod filter;
+mod filter_instance;
 mod handler;
 mod host;
 mod module;
@@ -129,6 +136,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use filter::{
     RequestAction, RequestEdit, RequestHead, ResponseAction, ResponseEdit, ResponseParts,
 };
+pub use filter_instance::FilterInstance;
 pub use handler::HandlerBody;
 pub use host::client_info::ClientInfo;
 pub use host::config::ModuleConfig;

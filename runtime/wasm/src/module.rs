@@ -14,6 +14,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::engine::EngineInner;
 use crate::error::{Error, Result};
 use crate::filter::{RequestAction, RequestHead, ResponseAction, ResponseParts};
+use crate::filter_instance::FilterInstance;
 use crate::host::bindings::FilterPre;
 use crate::host::client_info::ClientInfo;
 use crate::host::http::{BackendHooks, Backends};
@@ -134,7 +135,8 @@ impl Module {
         self.loaded.stats.snapshot()
     }
 
-    /// Runs `on-request` in a fresh instance.
+    /// Runs `on-request` in a fresh instance (a [`FilterInstance`] used for
+    /// one hook).
     ///
     /// # Errors
     ///
@@ -145,21 +147,7 @@ impl Module {
         head: RequestHead<'_>,
         env: &RequestEnv,
     ) -> Result<RequestAction> {
-        let Pre::Filter(pre) = &self.loaded.pre else {
-            return Err(self.not_a(ModuleKind::Filter));
-        };
-        let head = head.to_wit();
-        let client = env.client.to_wit();
-        let mut call = self.call(env);
-        let outcome = call
-            .run(async |store| {
-                let filter = pre.instantiate_async(&mut *store).await?;
-                filter.call_on_request(&mut *store, &head, &client).await
-            })
-            .await;
-        call.finish(outcome.and_then(|action| {
-            RequestAction::try_from(action).map_err(|e| Error::guest(&self.loaded.name, e))
-        }))
+        FilterInstance::new(self, env).on_request(head).await
     }
 
     /// Runs `on-response` in a fresh instance. `head` is the request as the
@@ -174,24 +162,18 @@ impl Module {
         response: ResponseParts<'_>,
         env: &RequestEnv,
     ) -> Result<ResponseAction> {
-        let Pre::Filter(pre) = &self.loaded.pre else {
-            return Err(self.not_a(ModuleKind::Filter));
-        };
-        let head = head.to_wit();
-        let client = env.client.to_wit();
-        let response = response.to_wit();
-        let mut call = self.call(env);
-        let outcome = call
-            .run(async |store| {
-                let filter = pre.instantiate_async(&mut *store).await?;
-                filter
-                    .call_on_response(&mut *store, &head, &client, &response)
-                    .await
-            })
-            .await;
-        call.finish(outcome.and_then(|action| {
-            ResponseAction::try_from(action).map_err(|e| Error::guest(&self.loaded.name, e))
-        }))
+        FilterInstance::new(self, env)
+            .on_response(head, response)
+            .await
+    }
+
+    /// The filter world's `InstancePre`, or the error for calling a handler
+    /// as a filter.
+    pub(crate) fn filter_pre(&self) -> Result<&FilterPre<StoreState>> {
+        match &self.loaded.pre {
+            Pre::Filter(pre) => Ok(pre),
+            Pre::Handler(_) => Err(self.not_a(ModuleKind::Filter)),
+        }
     }
 
     pub(crate) fn not_a(&self, kind: ModuleKind) -> Error {
@@ -201,11 +183,12 @@ impl Module {
         }
     }
 
-    /// A fresh store for one call.
+    /// A fresh store, for one call or for the hooks of one request. Each
+    /// call on it starts with [`Call::begin`].
     pub(crate) fn call(&self, env: &RequestEnv) -> Call {
         let loaded = &self.loaded;
         let config = &loaded.engine.config;
-        loaded.stats.call();
+        loaded.stats.instance();
         let output = CallOutput::new(loaded.sink.clone(), config.max_output_per_call);
         let state = StoreState {
             call: CallContext {
@@ -226,7 +209,6 @@ impl Module {
         };
         let mut store = Store::new(&loaded.engine.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|mut cx| cx.data_mut().cpu.on_tick());
         Call {
             module: self.clone(),
@@ -235,13 +217,27 @@ impl Module {
     }
 }
 
-/// One call in progress: the store and what to report at the end.
+/// A store in use: one call, or the hooks of one request. What to report
+/// at the end of each call.
 pub(crate) struct Call {
     pub(crate) module: Module,
     pub(crate) store: Store<StoreState>,
 }
 
 impl Call {
+    /// Starts a call on this store: counts it, and gives it the whole CPU
+    /// deadline (the deadline is per call, whether or not the store served
+    /// an earlier hook).
+    pub(crate) fn begin(&mut self) {
+        self.module.loaded.stats.call();
+        let settings = &self.module.settings;
+        let tick = self.module.loaded.engine.config.epoch_tick;
+        let state = self.store.data_mut();
+        state.cpu = CpuBudget::new(settings.cpu_deadline, tick);
+        state.limiter.hit = false;
+        self.store.set_epoch_deadline(1);
+    }
+
     /// Runs `f` on the store under the wall-clock timeout, and classifies a
     /// failure by what the store saw (CPU deadline, memory limit) and the
     /// error itself.
@@ -301,8 +297,8 @@ impl Call {
         Error::Trap { module, message }
     }
 
-    /// Flushes output, counts and logs the outcome.
-    pub(crate) fn finish<R>(self, outcome: Result<R>) -> Result<R> {
+    /// Flushes output, counts and logs the outcome of the call.
+    pub(crate) fn finish<R>(&self, outcome: Result<R>) -> Result<R> {
         self.store.data().output.finish();
         report(&self.module, outcome.as_ref().err());
         outcome

@@ -12,6 +12,7 @@ use crate::error::ErrorKind;
 #[derive(Debug, Default)]
 pub struct ModuleStats {
     calls: AtomicU64,
+    instances: AtomicU64,
     failures: [AtomicU64; ErrorKind::ALL.len()],
     consecutive_failures: AtomicU64,
     log_lines: AtomicU64,
@@ -24,6 +25,10 @@ pub struct ModuleStats {
 pub struct ModuleStatsSnapshot {
     /// Calls made (filter hooks and handler requests), failed or not.
     pub calls: u64,
+    /// Stores made for calls, each for one instance (a full pool refuses
+    /// some): fewer than `calls` when both hooks of a filter ran in one
+    /// instance.
+    pub instances: u64,
     /// Failures by kind, in [`ErrorKind::ALL`] order (`failures[k.index()]`).
     failures: [u64; ErrorKind::ALL.len()],
     /// Failures since the last success: what `/readyz` shows for a module
@@ -60,6 +65,10 @@ impl ModuleStats {
         self.calls.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn instance(&self) {
+        self.instances.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn success(&self) {
         self.consecutive_failures.store(0, Relaxed);
     }
@@ -85,6 +94,7 @@ impl ModuleStats {
     pub fn snapshot(&self) -> ModuleStatsSnapshot {
         ModuleStatsSnapshot {
             calls: self.calls.load(Relaxed),
+            instances: self.instances.load(Relaxed),
             failures: std::array::from_fn(|i| self.failures[i].load(Relaxed)),
             consecutive_failures: self.consecutive_failures.load(Relaxed),
             log_lines: self.log_lines.load(Relaxed),

@@ -7,6 +7,7 @@ mod common;
 mod compliance;
 mod handler;
 mod hostile;
+mod instances;
 mod per_guest;
 mod personalize;
 
