@@ -321,8 +321,10 @@ impl BundleNode {
         let mut handle = Node::start(bootstrap, initial, source).await.unwrap();
         handle.attach_bundles(manager.clone());
         // The sync loop syncs once at start; wait for it, so that what the
-        // test does next is not raced by it.
-        let deadline = tokio::time::Instant::now() + crate::PATIENCE;
+        // test does next is not raced by it. Its preflight compiles the
+        // bundle's modules, which takes a while in a debug build with every
+        // other test compiling too: wait longer than for a request.
+        let deadline = tokio::time::Instant::now() + 6 * crate::PATIENCE;
         while manager.status_json()["last_sync"].is_null() {
             assert!(
                 tokio::time::Instant::now() < deadline,
