@@ -166,15 +166,21 @@ async fn serve(
     let io = Rewind::new(prefix, stream);
 
     match &listener.tls {
+        // Boxed: the handshake and TLS session state are several KiB that
+        // a cleartext connection's task should not carry for its lifetime.
         Some(acceptor) => {
-            let Some(tls) = step
-                .run(acceptor.accept(io), "tls_handshake", "tls_timeout")
-                .await
-            else {
-                return;
-            };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(tls, peer, true, h2, listener, shared, shutdown).await;
+            let conn_shared = shared.clone();
+            Box::pin(async move {
+                let Some(tls) = step
+                    .run(acceptor.accept(io), "tls_handshake", "tls_timeout")
+                    .await
+                else {
+                    return;
+                };
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_http(tls, peer, true, h2, listener, conn_shared, shutdown).await;
+            })
+            .await
         }
         None => {
             let mut io = io;
@@ -261,10 +267,15 @@ async fn serve_http<IO>(
     });
     let svc_shared = shared.clone();
     let svc_info = info.clone();
+    // hyper keeps a slot for the request future for the whole connection,
+    // sized like the future; boxed, an idle connection holds a pointer
+    // instead of the largest request path's state (some KiB).
     let svc = hyper::service::service_fn(move |req| {
         let shared = svc_shared.clone();
         let info = svc_info.clone();
-        async move { Ok::<_, std::convert::Infallible>(service::handle(shared, info, req).await) }
+        Box::pin(async move {
+            Ok::<_, std::convert::Infallible>(service::handle(shared, info, req).await)
+        })
     });
 
     let result = if h2 {
@@ -273,9 +284,9 @@ async fn serve_http<IO>(
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256);
-        let conn = builder.serve_connection(io, svc);
-        tokio::pin!(conn);
-        drive(conn, &info, &limits, &mut shutdown, |c| {
+        // Boxed, as the TLS path is: most connections are HTTP/1.
+        let mut conn = Box::pin(builder.serve_connection(io, svc));
+        drive(conn.as_mut(), &info, &limits, &mut shutdown, |c| {
             c.graceful_shutdown()
         })
         .await
@@ -468,6 +479,7 @@ pin_project_lite::pin_project! {
     pub struct Rewind<T> {
         prefix: Vec<u8>,
         pos: usize,
+        error: Option<io::Error>,
         #[pin]
         inner: T,
     }
@@ -478,6 +490,7 @@ impl<T> Rewind<T> {
         Self {
             prefix,
             pos: 0,
+            error: None,
             inner,
         }
     }
@@ -489,7 +502,7 @@ impl<T: AsyncRead> AsyncRead for Rewind<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
         if *this.pos < this.prefix.len() {
             let rest = &this.prefix[*this.pos..];
             let n = rest.len().min(buf.remaining());
@@ -498,8 +511,22 @@ impl<T: AsyncRead> AsyncRead for Rewind<T> {
             if *this.pos == this.prefix.len() {
                 *this.prefix = Vec::new();
                 *this.pos = 0;
+                // Fill the rest of the caller's buffer from the socket in
+                // the same read: hyper would otherwise parse the sniffed
+                // bytes alone and grow its 8 KiB read buffer to 16 KiB
+                // for the rest of the request head, for the life of the
+                // connection. Nothing there yet is fine (the waker is
+                // registered); an error is kept for the next read.
+                if buf.remaining() > 0
+                    && let Poll::Ready(Err(e)) = this.inner.as_mut().poll_read(cx, buf)
+                {
+                    *this.error = Some(e);
+                }
             }
             return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
         }
         this.inner.poll_read(cx, buf)
     }
@@ -589,5 +616,52 @@ impl<T: AsyncWrite> AsyncWrite for Tracked<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rewind_replays_the_prefix_and_fills_the_read_from_the_socket() {
+        let mut io = Rewind::new(b"GET ".to_vec(), &b"/ HTTP/1.1\r\n\r\n"[..]);
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+
+        // A read smaller than the prefix takes only prefix bytes.
+        let mut io = Rewind::new(b"GET ".to_vec(), &b"/"[..]);
+        let mut small = [0u8; 2];
+        assert_eq!(io.read(&mut small).await.expect("read"), 2);
+        assert_eq!(&small, b"GE");
+        let n = io.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], b"T /");
+    }
+
+    #[tokio::test]
+    async fn rewind_keeps_a_socket_error_for_the_next_read() {
+        let mut io = Rewind::new(b"GET ".to_vec(), FailOnce(false));
+        let mut buf = [0u8; 64];
+        assert_eq!(io.read(&mut buf).await.expect("prefix"), 4);
+        let err = io.read(&mut buf).await.expect_err("the kept error");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(io.read(&mut buf).await.expect("then the end"), 0);
+    }
+
+    /// A socket whose first read fails and whose later reads see the end.
+    struct FailOnce(bool);
+
+    impl AsyncRead for FailOnce {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if std::mem::replace(&mut self.0, true) {
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
     }
 }
