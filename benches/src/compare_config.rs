@@ -22,7 +22,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 /// The header carrying the client's country (trusted from 127.0.0.1).
 pub const COUNTRY_HEADER: &str = "x-client-country";
 
-/// API key number `n` as the filter scenario's tier lists it and the generator sends it.
+/// API key number `n` as the filter scenario's key table lists it and the generator sends it.
 pub fn api_key(n: usize) -> String {
     format!("bench-key-{n}")
 }
@@ -107,7 +107,11 @@ pub fn edge_toml(spec: &NodeSpec, modules: &Modules) -> String {
         }
         return out;
     };
-    let keys: Vec<String> = (0..api_keys).map(|n| quoted(&api_key(n))).collect();
+    // The ratelimit module's key table, the format its docs give for large key sets: one
+    // `"<key>" = "bench"` line per key.
+    let keys: String = (0..api_keys)
+        .map(|n| format!("{} = \"bench\"\n", quoted(&api_key(n))))
+        .collect();
     let _ = write!(
         out,
         r#"
@@ -139,10 +143,11 @@ window = 1
 
 [modules.ratelimit.config.tiers.bench]
 policy = "bench-keys"
-keys = [{keys}]
 quota = 1000000
 window = 1
 
+[modules.ratelimit.config.keys]
+{keys}
 [modules.personalize]
 path = {personalize}
 cpu_deadline = "50ms"
@@ -195,7 +200,7 @@ user_id = "cookie:uid"
         ratelimit = quoted(&modules.ratelimit.display().to_string()),
         personalize = quoted(&modules.personalize.display().to_string()),
         compliance = quoted(&modules.compliance.display().to_string()),
-        keys = keys.join(", "),
+        keys = keys,
     );
     if chain {
         // The demo's orders and fail policies: the API route's ratelimit then compliance
@@ -267,7 +272,11 @@ mod tests {
             .expect("the chain node lists filters");
         assert_eq!(head, without);
         assert!(filters.contains("\"ratelimit\",\n    \"compliance\",\n"));
-        assert!(with.contains("keys = [\"bench-key-0\", \"bench-key-1\", \"bench-key-2\"]\n"));
+        assert!(with.contains(
+            "[modules.ratelimit.config.keys]\n\"bench-key-0\" = \"bench\"\n\
+             \"bench-key-1\" = \"bench\"\n\"bench-key-2\" = \"bench\"\n\n"
+        ));
+        assert!(!with.contains("keys = ["), "no tier lists the keys");
         assert_eq!(
             bootstrap_toml(&spec(FILTERS)).replace("true", "false"),
             bootstrap_toml(&spec(NO_FILTERS))
@@ -382,6 +391,20 @@ mod tests {
                 kind == FILTERS,
                 "{kind:?}:\n{stdout}"
             );
+            // The module reads each key's tier from its key table, one key per API key.
+            let filters = matches!(kind, NodeKind::Filters { .. });
+            for expected in [
+                "\"keys.bench-key-0\" = \"bench\"\n",
+                "\"keys.bench-key-2\" = \"bench\"\n",
+                "\"tiers.bench.policy\" = \"bench-keys\"\n",
+            ] {
+                assert_eq!(
+                    stdout.contains(expected),
+                    filters,
+                    "{kind:?}: {expected:?} in:\n{stdout}"
+                );
+            }
+            assert!(!stdout.contains("tiers.bench.keys"), "{kind:?}:\n{stdout}");
         }
         std::fs::remove_dir_all(&root)?;
         Ok(())

@@ -5,13 +5,16 @@
 //! # Who is counted, under which policy
 //!
 //! * A request whose API key header (`api_key_header`, default `x-api-key`)
-//!   carries a key that a tier lists is counted under **that tier's policy,
-//!   per API key**.
-//! * Every other request — no key, an empty key, a key no tier lists — is
-//!   **anonymous**: counted under the `anonymous` policy **per client IP**
-//!   (IPv4 addresses one by one, IPv6 grouped by `/64`, as the node's native
-//!   `client-ip` key does). Without an `anonymous` entry, anonymous requests
-//!   are not limited by this module.
+//!   carries a key that the key table (`keys`) maps to a tier, or that a
+//!   tier's `keys` array lists, is counted under **that tier's policy, per
+//!   API key**. The key table is asked first; the tiers' arrays only for a
+//!   key it does not name.
+//! * Every other request — no key, an empty key, a key neither the key
+//!   table nor a tier lists — is **anonymous**: counted under the
+//!   `anonymous` policy **per client IP** (IPv4 addresses one by one, IPv6
+//!   grouped by `/64`, as the node's native `client-ip` key does). Without
+//!   an `anonymous` entry, anonymous requests are not limited by this
+//!   module.
 //! * A request whose path lies under one of `exempt` is never counted
 //!   (health checks). Matching is by whole segments: `/api/health` covers
 //!   `/api/health` and `/api/health/db`, not `/api/healthz`; a prefix ending
@@ -34,6 +37,7 @@
 //! | key | value | default |
 //! |---|---|---|
 //! | `tiers.<tier>.policy`, `.keys`, `.quota`, `.window` | one tier per `<tier>` (below) | no tiers: every request is anonymous |
+//! | `keys.<api-key>` | the key table: the name of the tier `<api-key>` belongs to (below) | no key table: the tiers' `keys` arrays decide |
 //! | `anonymous.policy`, `.quota`, `.window` | the policy for requests without a known key (below) | no `anonymous.policy`: anonymous requests are not limited |
 //! | `api_key_header` | the request header carrying the API key | `x-api-key` |
 //! | `exempt` | path prefixes never limited: array (or comma-separated text) | none |
@@ -46,13 +50,23 @@
 //!   must be granted it (`[modules.<name>] rate_limits`).
 //! * `keys`: the API keys of the tier, an array of strings (tiers only). A
 //!   key should be listed once; if several tiers list it, the first tier by
-//!   name wins.
+//!   name wins. Every request with a key the key table does not name reads
+//!   and parses every tier's array, so keep them to a few dozen keys.
 //! * `quota`, `window`: what `RateLimit-Policy` announces (`q` and `w`),
 //!   whole numbers. The module cannot read the policy's settings, so state
 //!   them: `quota` is the policy's `burst` and `window` the seconds an empty
 //!   bucket takes to refill (`per / rate × burst`, rounded up) — what the
 //!   node announces for the same policy natively. Without both,
 //!   `RateLimit-Policy` is left out.
+//!
+//! The key table, `[modules.ratelimit.config.keys]`, holds one line per API
+//! key, `"<api-key>" = "<tier>"` (the key `keys.<api-key>`). Use it for
+//! more than a few dozen keys: a request reads its own key's line and its
+//! tier's `policy`, `quota` and `window`, so its cost does not grow with the
+//! number of keys, while the tiers' `keys` arrays are parsed on every
+//! request. Quote the API key: it may contain dots (`"k.1" = "pro"` is
+//! `keys.k.1`, and the API key `k.1` finds it). A key in the table is
+//! counted under the tier it names even if a tier's array lists it too.
 //!
 //! In `edge-config/edge.toml`:
 //!
@@ -94,12 +108,18 @@
 //! keys = ["k-carol"]
 //! quota = 200
 //! window = 2
+//!
+//! # For many keys: one line per key, naming its tier.
+//! [modules.ratelimit.config.keys]
+//! "k-dave" = "pro"
+//! "k-erin.eu" = "free"
 //! ```
 //!
 //! The module then reads `anonymous.policy` = `api-anon`,
 //! `anonymous.quota` = `20`, `tiers.free.keys` = `["k-alice","k-bob"]`,
-//! `tiers.pro.window` = `2`, and so on. Inline tables and dotted keys give
-//! the same keys (`anonymous = { policy = "api-anon", quota = 20, window = 2 }`
+//! `tiers.pro.window` = `2`, `keys.k-erin.eu` = `free`, and so on. Inline
+//! tables and dotted keys give the same keys
+//! (`anonymous = { policy = "api-anon", quota = 20, window = 2 }`
 //! inside `[modules.ratelimit.config]`), and a region overlay can change a
 //! single one (`[modules.ratelimit.config.tiers.pro]` with `quota = 100`).
 //! A tier's name may contain dots if quoted (`tiers."gold.eu"`): the field
@@ -133,9 +153,10 @@
 //! Inside the module, trouble lets the request through and logs a warning
 //! (the `log` interface; API keys are never logged): a policy the module is
 //! not granted or the node does not know (`unknown-policy`), any other
-//! error from the host, and config it cannot read: `tiers` or `anonymous`
-//! given as one value rather than a table (say, a JSON string), a tier or
-//! `anonymous` without `policy`. The module never panics on a request; put
+//! error from the host, and config it cannot read: `tiers`, `keys` or
+//! `anonymous` given as one value rather than a table (say, a JSON string),
+//! a tier or `anonymous` without `policy` (a key table line naming a tier
+//! that has no `policy` included). The module never panics on a request; put
 //! it on routes with `fail = "open"` so that a failure of the module itself
 //! (say, a timeout) lets requests through too.
 
@@ -174,8 +195,20 @@ type Fields = BTreeMap<String, String>;
 impl Policy {
     /// From a tier's (or `anonymous`'s) fields; `None` without a `policy`.
     fn from_fields(fields: &Fields) -> Option<Self> {
-        let name = fields.get("policy")?.clone();
-        let number = |field| fields.get(field).and_then(|v| v.trim().parse::<u64>().ok());
+        Self::read(|field| fields.get(field).cloned())
+    }
+
+    /// From the fields of the tier `tier`, each read with its own lookup
+    /// (`tiers.<tier>.policy`, ...); `None` without a `policy`.
+    fn of_tier(tier: &str) -> Option<Self> {
+        Self::read(|field| settings::string(&format!("tiers.{tier}.{field}")))
+    }
+
+    /// From `field` (`policy`, `quota`, `window`) → value; `None` without a
+    /// `policy`.
+    fn read(field: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let name = field("policy")?;
+        let number = |name| field(name).and_then(|v| v.trim().parse::<u64>().ok());
         Some(Self {
             name,
             announced: number("quota").zip(number("window")),
@@ -238,6 +271,42 @@ fn ensure_table(name: &str) -> Result<(), ()> {
     Err(())
 }
 
+/// The limit for a request with `api_key`: `Ok(None)` when neither the key
+/// table nor a tier lists the key (the request is anonymous), `Err` (logged)
+/// when the request is let through (config the module cannot read).
+///
+/// The key table answers with one lookup, and then the tier's fields with
+/// one each; only a key it does not name costs a read of every tier.
+fn keyed_limit(api_key: &str) -> Result<Option<Limit>, ()> {
+    let (tier, policy) = match settings::string(&format!("keys.{api_key}")) {
+        Some(tier) => {
+            let policy = Policy::of_tier(&tier);
+            (tier, policy)
+        }
+        None => {
+            ensure_table("keys")?;
+            let Some((tier, fields)) = tiers()?
+                .into_iter()
+                .find(|(_, fields)| lists(fields, api_key))
+            else {
+                return Ok(None);
+            };
+            let policy = Policy::from_fields(&fields);
+            (tier, policy)
+        }
+    };
+    let Some(policy) = policy else {
+        log::warn(&format!(
+            "tier `{tier}` names no policy; requests are let through"
+        ));
+        return Err(());
+    };
+    Ok(Some(Limit {
+        policy,
+        key: format!("h:{api_key}"),
+    }))
+}
+
 /// Whether the tier lists `api_key` in its `keys` (a JSON array of strings).
 fn lists(tier: &Fields, api_key: &str) -> bool {
     tier.get("keys")
@@ -264,20 +333,10 @@ fn limit_for(request: &RequestHead, client: &Client) -> Option<Limit> {
         .header(&header)
         .map(str::trim)
         .filter(|k| !k.is_empty());
-    if let Some(api_key) = api_key {
-        let tiers = tiers().ok()?;
-        if let Some((name, tier)) = tiers.iter().find(|(_, tier)| lists(tier, api_key)) {
-            let Some(policy) = Policy::from_fields(tier) else {
-                log::warn(&format!(
-                    "tier `{name}` names no policy; requests are let through"
-                ));
-                return None;
-            };
-            return Some(Limit {
-                policy,
-                key: format!("h:{api_key}"),
-            });
-        }
+    if let Some(api_key) = api_key
+        && let Some(limit) = keyed_limit(api_key).ok()?
+    {
+        return Some(limit);
     }
     let anonymous = table("anonymous").ok()??;
     let Some(policy) = Policy::from_fields(&anonymous) else {

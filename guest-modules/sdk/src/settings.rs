@@ -58,11 +58,10 @@ pub fn json(key: &str) -> Option<serde_json::Value> {
     config::get(key).and_then(|v| serde_json::from_str(&v).ok())
 }
 
-/// Every `(rest, value)` whose key is `prefix.rest`, sorted by key.
+/// Every `(rest, value)` whose key is `prefix.rest`, sorted by key. Only
+/// these entries are copied into the guest (the host's `config.under`), so
+/// reading one table costs what the table holds, not what the whole config
+/// holds; to read one value, [`string`] is cheaper still.
 pub fn under(prefix: &str) -> Vec<(String, String)> {
-    let dotted = format!("{prefix}.");
-    config::entries()
-        .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix(&dotted).map(|rest| (rest.to_owned(), v)))
-        .collect()
+    config::under(prefix)
 }

@@ -328,6 +328,18 @@ async fn the_documented_config_works() {
     );
     // The health check is exempt.
     assert_eq!(h.allowed_of(25, "/api/health", None, IP_B).await, 25);
+    // The key table: k-erin.eu is free (burst 10), k-dave pro (burst 200).
+    assert_eq!(
+        h.allowed_of(12, "/api/orders", Some("k-erin.eu"), IP_A)
+            .await,
+        10
+    );
+    assert_eq!(h.refusing_policy(Some("k-erin.eu"), IP_A).await, "api-free");
+    assert_eq!(
+        h.allowed_of(201, "/api/orders", Some("k-dave"), IP_A).await,
+        200
+    );
+    assert_eq!(h.refusing_policy(Some("k-dave"), IP_A).await, "api-pro");
 }
 
 /// Inline tables give the same keys as `[...]` tables, and a quoted tier
@@ -757,4 +769,202 @@ async fn allowed_responses_get_headers_only_when_asked() {
         .await
         .expect("on-response");
     assert!(matches!(health, ResponseAction::Pass));
+}
+
+/// [`config`] plus the key table `[modules.ratelimit.config.keys]` with
+/// `lines`, and `extra` tables after it.
+fn config_with_keys(lines: &str, extra: &str) -> String {
+    format!(
+        "{}\n[modules.ratelimit.config.keys]\n{lines}\n{extra}",
+        config()
+    )
+}
+
+/// A key the key table names is counted under that tier's policy, in its
+/// own bucket `h:<api-key>`, with the tier's quota and window announced.
+#[tokio::test]
+async fn the_key_table_names_the_tier() {
+    let h = Harness::new(&config_with_keys(r#""k-table" = "free""#, "")).await;
+    assert_eq!(
+        h.allowed_of(3, "/api/orders", Some("k-table"), IP_A).await,
+        3
+    );
+    assert_eq!(h.free.check("h:k-table", 0).remaining, 0);
+    // Other keys of the tier have their own buckets.
+    assert_eq!(h.free.check("h:k-free", 0).remaining, 3);
+    let RequestAction::Respond(response) = h.request("/api/orders", Some("k-table"), IP_A).await
+    else {
+        panic!("expected a 429");
+    };
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        r#""api-free";q=3;w=30"#
+    );
+    assert_eq!(response.headers()["ratelimit"], r#""api-free";r=0;t=30"#);
+    assert_eq!(
+        response.body().as_ref(),
+        br#"{"error":"rate_limited","policy":"api-free","retry_after":10}"#
+    );
+    // The keyed requests did not touch the IP's anonymous bucket.
+    assert_eq!(h.allowed_of(3, "/api/orders", None, IP_A).await, 2);
+    assert_eq!(h.module.stats().total_failures(), 0);
+}
+
+/// An API key with dots is one line of the key table (the node joins the
+/// key to `keys.` with a dot), found by the whole key only.
+#[tokio::test]
+async fn a_key_with_dots_in_the_key_table() {
+    let text = config_with_keys(r#""k.dot.1" = "pro""#, "");
+    assert_eq!(node_config(&text).get("keys.k.dot.1"), Some("pro"));
+    let h = Harness::new(&text).await;
+    assert_eq!(
+        h.allowed_of(12, "/api/orders", Some("k.dot.1"), IP_A).await,
+        10
+    );
+    assert_eq!(h.refusing_policy(Some("k.dot.1"), IP_A).await, "api-pro");
+    // Parts of the key are other keys: unknown, so anonymous.
+    assert_eq!(h.refusing_policy(Some("k.dot"), IP_B).await, "api-anon");
+    assert_eq!(h.refusing_policy(Some("k"), "192.0.2.1").await, "api-anon");
+}
+
+/// The key table is asked first: a key it names is counted under its tier
+/// even when another tier's `keys` array lists the key.
+#[tokio::test]
+async fn the_key_table_beats_the_tier_arrays() {
+    let h = Harness::new(&config_with_keys(r#""k-pro-1" = "free""#, "")).await;
+    // `tiers.pro.keys` lists k-pro-1 (burst 10), the table says free (3).
+    assert_eq!(
+        h.allowed_of(12, "/api/orders", Some("k-pro-1"), IP_A).await,
+        3
+    );
+    assert_eq!(h.refusing_policy(Some("k-pro-1"), IP_A).await, "api-free");
+    assert_eq!(h.free.check("h:k-pro-1", 0).remaining, 0);
+    // The other key of the pro tier is still pro.
+    assert_eq!(h.refusing_policy(Some("k-pro-2"), IP_A).await, "api-pro");
+}
+
+/// A key table line naming a tier without a policy (or no tier at all)
+/// lets that key's requests through, uncounted, as a tier without a policy
+/// does; nothing fails.
+#[tokio::test]
+async fn a_key_table_tier_without_a_policy_lets_requests_through() {
+    let h = Harness::new(&config_with_keys(
+        "\"k-bare\" = \"bare\"\n\"k-ghost\" = \"ghost\"\n\"k-pro-1\" = \"ghost\"",
+        "[modules.ratelimit.config.tiers.bare]\nquota = 5\nwindow = 5\n",
+    ))
+    .await;
+    // k-pro-1 is listed by the pro tier too: the table's line wins.
+    for key in ["k-bare", "k-ghost", "k-pro-1"] {
+        assert_eq!(
+            h.allowed_of(25, "/api/orders", Some(key), IP_A).await,
+            25,
+            "{key}"
+        );
+    }
+    // Not counted as anonymous either.
+    assert_eq!(h.allowed_of(3, "/api/orders", None, IP_A).await, 2);
+    assert_eq!(h.module.stats().total_failures(), 0);
+}
+
+/// A key the table does not name falls back to the tiers' arrays, and a key
+/// neither names is anonymous.
+#[tokio::test]
+async fn unknown_keys_fall_back_to_the_arrays_then_anonymous() {
+    let h = Harness::new(&config_with_keys(r#""k-table" = "pro""#, "")).await;
+    assert_eq!(
+        h.allowed_of(5, "/api/orders", Some("k-free"), IP_A).await,
+        3
+    );
+    assert_eq!(h.refusing_policy(Some("k-free"), IP_A).await, "api-free");
+    assert_eq!(h.refusing_policy(Some("k-pro-2"), IP_A).await, "api-pro");
+    assert_eq!(
+        h.allowed_of(3, "/api/orders", Some("k-nobody"), IP_B).await,
+        2
+    );
+    assert_eq!(h.refusing_policy(Some("k-nobody"), IP_B).await, "api-anon");
+    assert_eq!(h.anon.check(&format!("ip:{IP_B}"), 0).remaining, 0);
+    // A key table given as one value is config the module cannot read:
+    // keyed requests are let through, anonymous ones still counted.
+    let broken = Harness::new(&config_with(
+        "api_key_header = \"x-api-key\"\nkeys = [\"k-free\"]",
+    ))
+    .await;
+    assert_eq!(
+        broken
+            .allowed_of(12, "/api/orders", Some("k-free"), IP_A)
+            .await,
+        12
+    );
+    assert_eq!(broken.allowed_of(3, "/api/orders", None, IP_A).await, 2);
+    assert_eq!(broken.module.stats().total_failures(), 0);
+}
+
+/// With `headers = "always"`, the response of a key the table names gets
+/// its tier's headers: the same lookup as `on-request`.
+#[tokio::test]
+async fn key_table_headers_on_allowed_responses() {
+    let h = Harness::new(&format!(
+        "{}\n[modules.ratelimit.config.keys]\n\"k-table\" = \"free\"\n\"k-pro-1\" = \"free\"\n",
+        config_with("api_key_header = \"x-api-key\"\nheaders = \"always\""),
+    ))
+    .await;
+    for key in ["k-table", "k-pro-1"] {
+        assert!(h.allowed("/api/orders", Some(key), IP_A).await);
+        let action = on_response(&h, Some(key), 200, &[]).await;
+        let expected = [
+            ("ratelimit-policy", r#""api-free";q=3;w=30"#),
+            ("ratelimit", r#""api-free";r=2;t=10"#),
+        ]
+        .map(|(n, v)| (n.to_owned(), v.to_owned()));
+        assert_eq!(set_headers(&action), expected, "{key}");
+    }
+}
+
+/// `settings::under` (the host's `config.under`) hands the module only the
+/// `tiers.*` entries: tables whose names merely start with `tiers`, sorting
+/// just before (`tiers-`) and after (`tiers/`) `tiers.`, are no tiers.
+#[tokio::test]
+async fn only_the_tiers_table_holds_tiers() {
+    let siblings = r#"
+[modules.ratelimit.config.tiersx.pro]
+policy = "api-pro"
+keys = ["k-x"]
+
+[modules.ratelimit.config."tiers-pro"]
+policy = "api-pro"
+keys = ["k-dash"]
+
+[modules.ratelimit.config."tiers/pro"]
+policy = "api-pro"
+keys = ["k-slash"]
+"#;
+    let text = format!("{}{siblings}", config());
+    let keys = node_config(&text);
+    assert_eq!(keys.get("tiers-pro.policy"), Some("api-pro"));
+    assert_eq!(keys.get("tiers/pro.keys"), Some(r#"["k-slash"]"#));
+    let under: Vec<(&str, &str)> = keys.under("tiers").collect();
+    assert_eq!(
+        under.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [
+            "free.keys",
+            "free.policy",
+            "free.quota",
+            "free.window",
+            "pro.keys",
+            "pro.policy",
+            "pro.quota",
+            "pro.window"
+        ]
+    );
+    let h = Harness::new(&text).await;
+    let ips = ["192.0.2.1", "192.0.2.2", "192.0.2.3"];
+    for (key, ip) in ["k-x", "k-dash", "k-slash"].into_iter().zip(ips) {
+        assert_eq!(
+            h.allowed_of(3, "/api/orders", Some(key), ip).await,
+            2,
+            "{key}"
+        );
+        assert_eq!(h.refusing_policy(Some(key), ip).await, "api-anon", "{key}");
+    }
+    assert_eq!(h.refusing_policy(Some("k-pro-1"), IP_A).await, "api-pro");
 }
