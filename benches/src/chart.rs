@@ -80,6 +80,8 @@ fn colour(system: &str) -> &'static str {
         "#2e9e4f"
     } else if system.starts_with("wasmtime") {
         "#e07b00"
+    } else if system.starts_with("varnish") {
+        "#c0392b"
     } else {
         "#7b4fa0"
     }

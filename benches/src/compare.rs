@@ -1,21 +1,26 @@
 //! `compare`: cathedral side by side with the systems it competes with, on one machine, in one
 //! command. It provisions what it needs ([`crate::peers`]: the release cathedral, the demo's
-//! filter modules, a `wasi:http` hello component, nginx from Debian packages, the `wasmtime`
-//! CLI at the workspace's wasmtime version), raises the file-descriptor limit, runs the
-//! scenarios below through the shared harness ([`crate::harness`], one JSON file each), and
+//! filter modules, a `wasi:http` hello component, nginx and Varnish from Debian packages, the
+//! `wasmtime` CLI at the workspace's wasmtime version), raises the file-descriptor limit, runs
+//! the scenarios below through the shared harness ([`crate::harness`], one JSON file each), and
 //! writes a combined JSON, a markdown report and an SVG chart; a full (non-`--quick`) run
 //! appends the report to BENCHMARKS.md.
 //!
 //! Scenarios (each with the bare origin as the ceiling row, the same origin and payload for
 //! every system, systems rotated per run, ratios per run):
-//! - `cache-1k`, `cache-100k`: cache hits, cathedral vs nginx `proxy_cache`, 64 connections;
-//! - `proxy`: 1 KiB through cathedral (`cache = false`) vs nginx `proxy_pass`, 64 connections;
+//! - `cache-1k`, `cache-100k`: cache hits, cathedral vs nginx `proxy_cache` and Varnish
+//!   ([`crate::varnish_config`]), 64 connections;
+//! - `proxy`: 1 KiB through cathedral (`cache = false`) vs nginx `proxy_pass` and Varnish in
+//!   pass mode, 64 connections;
 //! - `handler`: one `wasi:http/proxy` component, `cathedral serve --handler` vs `wasmtime
 //!   serve` with the pooling allocator, without and with `-W timeout`;
 //! - `filters`: a cache-hit route with the demo's ratelimit + compliance + personalize chain
 //!   vs the same route without filters, requests carrying cycled API keys and users;
 //! - `c10k`: 10,000 keep-alive connections held for 60 s at a modest open-loop rate, cache
-//!   hits, cathedral vs nginx.
+//!   hits, cathedral vs nginx and Varnish.
+//!
+//! Varnish is optional: when it cannot be installed or found, its rows are left out of the
+//! scenarios it belongs to, each of which says so in a caveat, and the run goes on.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -34,7 +39,7 @@ use crate::harness::{self, Harness, RunnerArgs, RunnerConfig, workspace_root};
 use crate::load::HeaderSets;
 use crate::nginx_config::{self, NginxMode, NginxSpec};
 use crate::origin::{MAX_BODY_SIZE, STATS_PATH};
-use crate::peers::{self, Versions};
+use crate::peers::{self, Varnish, Versions};
 use crate::process::{self, Accounting};
 use crate::procfs::MachineInfo;
 use crate::report;
@@ -42,24 +47,25 @@ use crate::scenario::{
     Counter, LoadParams, RatioSpec, RatioSummary, Scenario, ScenarioResult, SystemSummary,
     SystemUnderTest,
 };
+use crate::varnish_config::{self, VarnishMode, VarnishSpec, WorkDir};
 use crate::wrk::{self, WrkResult};
 
 /// The scenarios `compare` can run.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ScenarioKind {
-    /// Cache hits of a 1 KiB object: cathedral vs nginx proxy_cache.
+    /// Cache hits of a 1 KiB object: cathedral vs nginx proxy_cache and Varnish.
     #[value(name = "cache-1k")]
     Cache1k,
-    /// Cache hits of a 100 KiB object: cathedral vs nginx proxy_cache.
+    /// Cache hits of a 100 KiB object: cathedral vs nginx proxy_cache and Varnish.
     #[value(name = "cache-100k")]
     Cache100k,
-    /// Proxying with caching off: cathedral vs nginx proxy_pass.
+    /// Proxying with caching off: cathedral vs nginx proxy_pass and Varnish in pass mode.
     Proxy,
     /// A wasi:http hello handler: cathedral serve --handler vs wasmtime serve.
     Handler,
     /// The filter chain on a cache-hit route vs the same route without filters.
     Filters,
-    /// 10,000 concurrent keep-alive connections at a modest rate.
+    /// 10,000 concurrent keep-alive connections at a modest rate (cathedral, nginx, Varnish).
     C10k,
 }
 
@@ -93,12 +99,18 @@ impl ScenarioKind {
                 | ScenarioKind::C10k
         )
     }
+
+    /// Whether Varnish has a row in this scenario (the same ones as nginx).
+    fn has_varnish(self) -> bool {
+        self.needs_nginx()
+    }
 }
 
 /// Whether the systems write access logs.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum AccessLog {
-    /// cathedral and nginx both log every request, one JSON line each, to a file.
+    /// cathedral, nginx and Varnish (through varnishncsa) log every request, one JSON line
+    /// each, to a file.
     On,
     /// Neither logs requests.
     Off,
@@ -116,7 +128,7 @@ pub struct CompareArgs {
     /// Scenarios to run, comma-separated [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenarios: Vec<ScenarioKind>,
-    /// Access logs of cathedral and nginx (the handler scenario always runs without: `wasmtime
+    /// Access logs of cathedral, nginx and Varnish (the handler scenario always runs without: `wasmtime
     /// serve` has no access log; with `on` it adds a cathedral row with its log on).
     #[arg(long, value_enum, default_value_t = AccessLog::On)]
     pub access_log: AccessLog,
@@ -147,7 +159,8 @@ pub struct CompareArgs {
     /// component).
     #[arg(long)]
     pub no_build: bool,
-    /// Do not install nginx or the wasmtime CLI when missing; fail instead.
+    /// Do not install nginx, Varnish or the wasmtime CLI when missing; fail instead (for
+    /// Varnish: leave its rows out, with a caveat).
     #[arg(long)]
     pub no_install: bool,
     /// Do not append the report to BENCHMARKS.md (a --quick run never does).
@@ -267,11 +280,11 @@ impl Plan {
         self.scenarios.contains(&kind)
     }
 
-    /// Systems measured in scenario `kind`.
+    /// Systems measured in scenario `kind` (with Varnish where it has a row).
     pub fn systems(&self, kind: ScenarioKind) -> usize {
         match kind {
             ScenarioKind::Handler => 4 + usize::from(self.access_log == AccessLog::On),
-            _ => 3,
+            _ => 3 + usize::from(kind.has_varnish()),
         }
     }
 
@@ -389,7 +402,55 @@ pub struct Comparison {
     pub pinning: String,
     /// `RLIMIT_NOFILE` (soft, hard) the harness and its children ran with.
     pub nofile: (u64, u64),
+    /// Whether Varnish took part, and with an access log.
+    pub varnish: VarnishStatus,
     pub scenarios: Vec<ScenarioOutcome>,
+}
+
+/// Varnish's part in a comparison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum VarnishStatus {
+    /// No scenario of the plan has a Varnish row.
+    NotUsed,
+    /// Varnish could not be had: its rows were left out.
+    Unavailable { reason: String },
+    /// Varnish ran; `access_log` is whether varnishncsa wrote its access log.
+    Used { access_log: bool },
+}
+
+/// Varnish as provisioned for a comparison.
+#[derive(Debug, Clone)]
+enum VarnishPeer {
+    NotNeeded,
+    Missing(String),
+    Found(Varnish),
+}
+
+impl VarnishPeer {
+    fn varnishd(&self) -> Option<&Path> {
+        match self {
+            VarnishPeer::Found(v) => Some(&v.varnishd),
+            _ => None,
+        }
+    }
+
+    /// Whether Varnish writes an access log under `log`.
+    fn logs(&self, log: AccessLog) -> bool {
+        matches!(self, VarnishPeer::Found(v) if v.varnishncsa.is_some()) && log == AccessLog::On
+    }
+
+    fn status(&self, log: AccessLog) -> VarnishStatus {
+        match self {
+            VarnishPeer::NotNeeded => VarnishStatus::NotUsed,
+            VarnishPeer::Missing(reason) => VarnishStatus::Unavailable {
+                reason: reason.clone(),
+            },
+            VarnishPeer::Found(_) => VarnishStatus::Used {
+                access_log: self.logs(log),
+            },
+        }
+    }
 }
 
 /// What every scenario runner needs.
@@ -399,6 +460,7 @@ struct Context {
     plan: Plan,
     nginx: Option<PathBuf>,
     nginx_without: Vec<String>,
+    varnish: VarnishPeer,
     wasmtime: Option<PathBuf>,
     hello: Option<PathBuf>,
     wrk: Option<PathBuf>,
@@ -412,6 +474,7 @@ struct Context {
 struct Provisioned {
     cathedral: PathBuf,
     nginx: Option<PathBuf>,
+    varnish: VarnishPeer,
     wasmtime: Option<PathBuf>,
     hello: Option<PathBuf>,
     wrk: Option<PathBuf>,
@@ -421,7 +484,12 @@ struct Provisioned {
 pub fn prepare(args: CompareArgs) -> anyhow::Result<()> {
     let (runner, plan) = Plan::new(&args)?;
     let p = provision(&runner, &plan)?;
-    let versions = peers::versions(&p.cathedral, p.nginx.as_deref(), p.wasmtime.as_deref());
+    let versions = peers::versions(
+        &p.cathedral,
+        p.nginx.as_deref(),
+        p.varnish.varnishd(),
+        p.wasmtime.as_deref(),
+    );
     println!("{}", serde_json::to_string_pretty(&versions)?);
     Ok(())
 }
@@ -449,6 +517,24 @@ fn provision(runner: &RunnerConfig, plan: &Plan) -> anyhow::Result<Provisioned> 
     } else {
         None
     };
+    let varnish = if plan.scenarios.iter().any(|s| s.has_varnish()) {
+        match peers::ensure_varnish(plan.install) {
+            Ok(varnish) => {
+                if varnish.varnishncsa.is_none() && plan.access_log == AccessLog::On {
+                    eprintln!(
+                        "[prepare] varnishncsa not found: Varnish runs without an access log"
+                    );
+                }
+                VarnishPeer::Found(varnish)
+            }
+            Err(e) => {
+                eprintln!("[prepare] Varnish is not available, its rows are left out: {e:#}");
+                VarnishPeer::Missing(format!("{e:#}"))
+            }
+        }
+    } else {
+        VarnishPeer::NotNeeded
+    };
     let wasmtime = if plan.needs(ScenarioKind::Handler) {
         Some(peers::ensure_wasmtime(plan.install)?)
     } else {
@@ -466,6 +552,7 @@ fn provision(runner: &RunnerConfig, plan: &Plan) -> anyhow::Result<Provisioned> 
     Ok(Provisioned {
         cathedral,
         nginx,
+        varnish,
         wasmtime,
         hello,
         wrk,
@@ -480,6 +567,7 @@ pub fn main(args: CompareArgs) -> anyhow::Result<()> {
     let Provisioned {
         cathedral,
         nginx,
+        varnish,
         wasmtime,
         hello,
         wrk,
@@ -492,7 +580,12 @@ pub fn main(args: CompareArgs) -> anyhow::Result<()> {
         nofile.1,
         plan.needed_fds()
     );
-    let versions = peers::versions(&runner.cathedral, nginx.as_deref(), wasmtime.as_deref());
+    let versions = peers::versions(
+        &runner.cathedral,
+        nginx.as_deref(),
+        varnish.varnishd(),
+        wasmtime.as_deref(),
+    );
     eprintln!("[compare] versions: {versions:?}");
     eprintln!(
         "[compare] {} scenario(s), about {:.0} minutes of measuring",
@@ -507,6 +600,7 @@ pub fn main(args: CompareArgs) -> anyhow::Result<()> {
         runner: runner.clone(),
         plan: plan.clone(),
         nginx,
+        varnish: varnish.clone(),
         wasmtime,
         hello,
         wrk,
@@ -557,6 +651,7 @@ pub fn main(args: CompareArgs) -> anyhow::Result<()> {
         machine: MachineInfo::read(),
         pinning,
         nofile,
+        varnish: varnish.status(plan.access_log),
         scenarios: outcomes,
     };
     let paths = write_outputs(&runner.results_dir, &started_stamp, &comparison)?;
@@ -760,6 +855,124 @@ async fn start_nginx(
     Ok((listen, nginx_config::nginx_conf(&spec)))
 }
 
+/// A Varnish instance started by [`start_varnish`].
+struct StartedVarnish {
+    listen: SocketAddr,
+    /// The VCL and both command lines, for the results file.
+    generated: serde_json::Value,
+    /// The access log varnishncsa writes, when it runs.
+    access_log: Option<PathBuf>,
+    /// Removed when dropped: keep until the harness has stopped Varnish.
+    _workdir: WorkDir,
+}
+
+/// Writes a VCL into the scratch dir and starts `varnishd -F` on it as child `name` (its
+/// manager and cache process counted together), and `varnishncsa` beside it when access logs
+/// are on and it is installed.
+async fn start_varnish(
+    h: &mut Harness,
+    context: &Context,
+    varnish: &Varnish,
+    name: &str,
+    mode: VarnishMode,
+    origin: SocketAddr,
+) -> anyhow::Result<StartedVarnish> {
+    let [listen] = process::free_loopback_ports(1)?[..] else {
+        bail!("expected a free port");
+    };
+    let dir = h.scratch.join(name);
+    let workdir = WorkDir::create(name, &dir.join("work"))?;
+    let spec = VarnishSpec {
+        mode,
+        listen,
+        origin,
+        dir,
+        workdir: workdir.path.clone(),
+        access_log: context.varnish.logs(context.plan.access_log),
+    };
+    varnish_config::write(&spec)?;
+    let args = varnish_config::varnishd_args(&spec)?;
+    h.start_program(
+        name,
+        &varnish.varnishd,
+        &args,
+        &[],
+        listen,
+        Accounting::Tree,
+    )
+    .await?;
+    let show = |args: &[OsString]| -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut generated = serde_json::json!({
+        "vcl": varnish_config::vcl(&spec)?,
+        "varnishd": show(&args),
+    });
+    let access_log = match (&varnish.varnishncsa, spec.access_log) {
+        (Some(varnishncsa), true) => {
+            let log_args = varnish_config::varnishncsa_args(&spec);
+            h.start_companion(name, &format!("{name}-varnishncsa"), varnishncsa, &log_args)?;
+            generated["varnishncsa"] = show(&log_args).into();
+            let log = spec.access_log_path();
+            // varnishncsa logs from where the shared-memory log is when it attaches: until a
+            // request shows up in its file, requests could go unlogged. The counter path is
+            // not counted by the origin.
+            let url = format!("http://{listen}{STATS_PATH}");
+            let within = std::time::Duration::from_secs(10);
+            let deadline = tokio::time::Instant::now() + within;
+            while line_count(&log) == 0 {
+                if tokio::time::Instant::now() >= deadline {
+                    h.check_alive()?;
+                    bail!("varnishncsa logged no request to Varnish within {within:?}");
+                }
+                client::get(&url, std::time::Duration::from_secs(5))
+                    .await
+                    .with_context(|| format!("GET {url} through Varnish"))?;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Some(log)
+        }
+        _ => None,
+    };
+    Ok(StartedVarnish {
+        listen,
+        generated,
+        access_log,
+        _workdir: workdir,
+    })
+}
+
+/// Lines in the file at `path` (0 when it cannot be read).
+fn line_count(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().count())
+        .unwrap_or(0)
+}
+
+/// Waits until the file at `path` has at least `lines` lines, failing after `within`.
+async fn wait_for_lines(
+    path: &Path,
+    lines: usize,
+    within: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let found = line_count(path);
+        if found >= lines {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "{} has {found} line(s) after {within:?}, expected at least {lines}",
+                path.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A system measured through `url`, its CPU and RSS read from child `name`.
 fn system(name: &str, url: String) -> SystemUnderTest {
     SystemUnderTest {
@@ -790,15 +1003,33 @@ fn common_notes(h: &Harness, context: &Context) -> Vec<String> {
                 "one thread per SUT CPU"
             }
         ),
-        match context.plan.access_log {
-            AccessLog::On => {
-                "access logs on: cathedral's JSON access log (its non-blocking writer thread) \
-                              and nginx's JSON access_log (buffer=64k flush=1s), each to a file"
-                    .to_owned()
-            }
-            AccessLog::Off => "access logs off for every system".to_owned(),
-        },
+        access_log_note(context.plan.access_log, &context.varnish),
     ]
+}
+
+/// The scenarios' access-log note.
+fn access_log_note(log: AccessLog, varnish: &VarnishPeer) -> String {
+    match (log, varnish) {
+        (AccessLog::Off, _) => "access logs off for every system".to_owned(),
+        (AccessLog::On, VarnishPeer::Found(v)) if v.varnishncsa.is_none() => {
+            "access logs on: cathedral's JSON access log (its non-blocking writer thread) and \
+             nginx's JSON access_log (buffer=64k flush=1s), each to a file; Varnish WITHOUT an \
+             access log (varnishncsa not found): a mismatch in Varnish's favour"
+                .to_owned()
+        }
+        (AccessLog::On, VarnishPeer::Found(_)) => {
+            "access logs on: cathedral's JSON access log (its non-blocking writer thread), \
+             nginx's JSON access_log (buffer=64k flush=1s) and Varnish's varnishncsa (-j, a JSON \
+             line with nginx's fields, a separate process reading Varnish's shared-memory log, \
+             pinned with Varnish and counted in its CPU and RSS), each to a file"
+                .to_owned()
+        }
+        (AccessLog::On, _) => {
+            "access logs on: cathedral's JSON access log (its non-blocking writer thread) \
+             and nginx's JSON access_log (buffer=64k flush=1s), each to a file"
+                .to_owned()
+        }
+    }
 }
 
 /// cache-1k, cache-100k, proxy and c10k: the origin, a cathedral node and nginx in front of
@@ -819,7 +1050,9 @@ async fn proxied(
             _ => format!("cache-{}", size_label(size)),
         }
     );
-    let mut h = harness_for(context, &name, 3, &load, "--config").await?;
+    let with_varnish = kind.has_varnish() && matches!(context.varnish, VarnishPeer::Found(_));
+    let systems = 3 + usize::from(with_varnish);
+    let mut h = harness_for(context, &name, systems, &load, "--config").await?;
     let origin_args = if cached { cacheable() } else { Vec::new() };
     let origin = h.start_origin("origin", size, &origin_args).await?;
     let counter_url = format!("http://{origin}{STATS_PATH}");
@@ -843,13 +1076,34 @@ async fn proxied(
         NginxMode::Proxy
     };
     let (nginx, nginx_conf) = start_nginx(&mut h, context, "nginx", mode, origin).await?;
+    let mut caveats = Vec::new();
+    let varnish = match &context.varnish {
+        VarnishPeer::Found(v) if kind.has_varnish() => {
+            let mode = if cached {
+                VarnishMode::Cache
+            } else {
+                VarnishMode::Pass
+            };
+            Some(start_varnish(&mut h, context, v, "varnish", mode, origin).await?)
+        }
+        VarnishPeer::Missing(why) if kind.has_varnish() => {
+            caveats.push(format!("{name}: varnish: not measured: {why}"));
+            None
+        }
+        _ => None,
+    };
 
     const PATH: &str = "/object";
-    let urls = [
+    let mut urls = vec![
         (CEILING, format!("http://{origin}{PATH}")),
         ("cathedral", format!("http://{node}{PATH}")),
         ("nginx", format!("http://{nginx}{PATH}")),
     ];
+    if let Some(v) = &varnish {
+        urls.push(("varnish", format!("http://{}{PATH}", v.listen)));
+    }
+    let varnish_log = varnish.as_ref().and_then(|v| v.access_log.as_deref());
+    let logged_before = varnish_log.map_or(0, line_count);
     let mut checks = Vec::new();
     for (system, url) in &urls {
         let is_proxy = *system != CEILING;
@@ -857,6 +1111,17 @@ async fn proxied(
         let fill = (cached && is_proxy).then_some(url.as_str());
         checks
             .push(cache::probe_check(system, url, fill, &counter_url, size, expected, &[]).await?);
+    }
+    if let Some(log) = varnish_log {
+        // The probe (and the filling GET) must have reached varnishncsa's file.
+        let probes = 1 + usize::from(cached);
+        wait_for_lines(
+            log,
+            logged_before + probes,
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .context("varnishncsa does not write Varnish's access log")?;
     }
     h.check_alive()?;
 
@@ -882,16 +1147,39 @@ async fn proxied(
          in these rows"
             .to_owned()
     });
+    if varnish.is_some() {
+        notes.push(format!(
+            "varnish: `varnishd -F -a ADDR -T none -n WORKDIR -f VCL -s {} -p timeout_idle={}` \
+             ({}; thread pools at Varnish's defaults; timeout_idle is nginx's keepalive_timeout, \
+             Varnish's default 5 s would close the c10k connections between requests); its manager \
+             and cache process pinned like every system, CPU and peak RSS summed over them{} (RSS \
+             an upper bound: the shared-memory log counts in every process mapping it)",
+            varnish_config::STORAGE,
+            varnish_config::TIMEOUT_IDLE_SECS,
+            if cached {
+                "the built-in VCL: cached per the origin's Cache-Control, no TTL of our own, filled \
+                 by one GET and checked like the others"
+            } else {
+                "`return (pass)` in vcl_recv: every request forwarded to the origin"
+            },
+            if context.varnish.logs(plan.access_log) {
+                " and varnishncsa"
+            } else {
+                ""
+            }
+        ));
+    }
     if kind == ScenarioKind::C10k {
         notes.push(format!(
             "open loop: {} req/s over {} connections (one request per connection every {:.1} s), \
              connections opened over {} s, latency from each request's scheduled start; \
-             cathedral max_connections = nginx worker_connections = {}",
+             cathedral max_connections = nginx worker_connections = {}; Varnish timeout_idle {} s",
             plan.c10k.rate.unwrap_or_default(),
             plan.c10k.connections,
             plan.c10k.connections as f64 / plan.c10k.rate.unwrap_or(1.0),
             plan.c10k.ramp_secs,
-            nginx_config::WORKER_CONNECTIONS
+            nginx_config::WORKER_CONNECTIONS,
+            varnish_config::TIMEOUT_IDLE_SECS
         ));
     }
     let scenario = Scenario {
@@ -909,7 +1197,11 @@ async fn proxied(
             })
             .collect(),
         baseline: CEILING.into(),
-        ratios: vec![ratio("cathedral", "nginx")],
+        ratios: if varnish.is_some() {
+            vec![ratio("cathedral", "nginx"), ratio("cathedral", "varnish")]
+        } else {
+            vec![ratio("cathedral", "nginx")]
+        },
         counters: vec![Counter {
             name: ORIGIN_COUNTER.into(),
             url: counter_url,
@@ -919,14 +1211,18 @@ async fn proxied(
         quiet: h.config.quiet.clone(),
         notes: notes.clone(),
     };
+    let mut generated = serde_json::json!({ "cathedral": node_files, "nginx": nginx_conf });
+    if let Some(v) = &varnish {
+        generated["varnish"] = v.generated.clone();
+    }
     let checks_json = serde_json::json!({
         "probes": checks,
-        "generated_config": { "cathedral": node_files, "nginx": nginx_conf },
+        "generated_config": generated,
     });
     let (result, path) = h.measure(scenario, Some(checks_json)).await?;
     let mut warnings = Vec::new();
     if cached {
-        warnings.extend(not_all_hits(&result, &["cathedral", "nginx"]));
+        warnings.extend(not_all_hits(&result, &["cathedral", "nginx", "varnish"]));
     }
     warnings.extend(non_2xx(&result));
     if kind == ScenarioKind::C10k {
@@ -935,10 +1231,13 @@ async fn proxied(
     let cross = cross_check(context, kind, &h, &result, &mut warnings).await;
     let pinning = h.pinning.description.clone();
     h.stop().await?;
-    Ok((
-        outcome(kind, plan, &result, path, notes, warnings, cross),
-        pinning,
-    ))
+    drop(varnish);
+    let mut outcome = outcome(kind, plan, &result, path, notes, warnings, cross);
+    for caveat in caveats {
+        eprintln!("[compare] CAVEAT: {caveat}");
+        outcome.caveats.push(caveat);
+    }
+    Ok((outcome, pinning))
 }
 
 /// The hello handler: the same component under cathedral and `wasmtime serve`.
@@ -1429,7 +1728,7 @@ pub fn render_chart(c: &Comparison) -> String {
 fn render_chart_groups(c: &Comparison, groups: &[ChartGroup<'_>]) -> String {
     chart::render_svg(
         &format!(
-            "cathedral vs nginx and wasmtime serve{}",
+            "cathedral vs nginx, Varnish and wasmtime serve{}",
             if c.plan.quick {
                 " (QUICK SMOKE RUN, not results)"
             } else {
@@ -1504,7 +1803,7 @@ pub fn render_markdown(c: &Comparison, paths: &OutputPaths) -> String {
     );
     let _ = writeln!(
         out,
-        "- Versions: {} (binary {}{}; workspace at commit {}{}), {}, {}, {}",
+        "- Versions: {} (binary {}{}; workspace at commit {}{}), {}, {}, {}, {}",
         v.cathedral.as_deref().unwrap_or("cathedral ?"),
         if c.plan.build && !c.plan.cathedral_given {
             "built by this run"
@@ -1517,6 +1816,11 @@ pub fn render_markdown(c: &Comparison, paths: &OutputPaths) -> String {
         v.commit.as_deref().unwrap_or("?"),
         uncommitted_note(&v.uncommitted),
         v.nginx.as_deref().unwrap_or("nginx not used"),
+        match (&c.varnish, v.varnish.as_deref()) {
+            (VarnishStatus::Unavailable { .. }, _) => "Varnish unavailable (rows left out)",
+            (_, Some(line)) => line,
+            (_, None) => "varnish not used",
+        },
         v.wasmtime.as_deref().unwrap_or("wasmtime not used"),
         v.rustc.as_deref().unwrap_or("rustc ?")
     );
@@ -1547,12 +1851,21 @@ pub fn render_markdown(c: &Comparison, paths: &OutputPaths) -> String {
     let _ = writeln!(
         out,
         "- Access logs: {}\n",
-        match c.plan.access_log {
-            AccessLog::On =>
+        match (c.plan.access_log, &c.varnish) {
+            (AccessLog::Off, _) => "off for every system",
+            (AccessLog::On, VarnishStatus::Used { access_log: true }) =>
+                "on for cathedral, nginx and Varnish (varnishncsa beside it, counted as \
+                 Varnish's) (JSON lines to a file); off for cathedral and wasmtime in the handler \
+                 scenario (`wasmtime serve` has none), whose `cathedral-accesslog` row has it on",
+            (AccessLog::On, VarnishStatus::Used { access_log: false }) =>
+                "on for cathedral and nginx (JSON lines to a file), OFF for Varnish \
+                 (varnishncsa not found: a mismatch in Varnish's favour); off for cathedral and \
+                 wasmtime in the handler scenario (`wasmtime serve` has none), whose \
+                 `cathedral-accesslog` row has it on",
+            (AccessLog::On, _) =>
                 "on for cathedral and nginx (JSON lines to a file); off for cathedral \
                               and wasmtime in the handler scenario (`wasmtime serve` has none), \
                               whose `cathedral-accesslog` row has it on",
-            AccessLog::Off => "off for every system",
         }
     );
     let _ = writeln!(
@@ -1809,13 +2122,17 @@ mod tests {
     }
 
     #[test]
-    fn a_full_run_takes_about_half_an_hour() -> anyhow::Result<()> {
+    fn a_full_run_takes_about_forty_minutes() -> anyhow::Result<()> {
         let (runner, plan) = Plan::new(&args())?;
-        // cache ×3 (3 systems × 3 runs × 15 s + 30 s wrk + 10 s), handler (5 systems:
-        // 225 + 50 + 10), filters (135 + 10), c10k (3 × 3 × 83 s + 10).
-        let expected = 3.0 * 175.0 + 285.0 + 145.0 + 757.0;
+        // cache ×2 and proxy (4 systems with Varnish × 3 runs × 15 s + 40 s wrk + 10 s),
+        // handler (5 systems: 225 + 50 + 10), filters (3 systems: 135 + 10), c10k (4 × 3 × 83 s
+        // + 10).
+        let expected = 3.0 * 230.0 + 285.0 + 145.0 + 1006.0;
         assert_eq!(plan.estimated_secs(runner.runs), expected);
-        assert!((25.0 * 60.0..35.0 * 60.0).contains(&expected));
+        assert!((30.0 * 60.0..40.0 * 60.0).contains(&expected));
+        assert_eq!(plan.systems(ScenarioKind::Cache1k), 4);
+        assert_eq!(plan.systems(ScenarioKind::C10k), 4);
+        assert_eq!(plan.systems(ScenarioKind::Filters), 3);
         let mut quick = args();
         quick.quick = true;
         let (runner, plan) = Plan::new(&quick)?;
@@ -1947,6 +2264,7 @@ mod tests {
                 cathedral: Some("cathedral 0.1.0".into()),
                 cathedral_built_utc: Some("2026-11-26T23:59:00Z".into()),
                 nginx: Some("nginx version: nginx/1.22.1".into()),
+                varnish: Some("varnishd (varnish-7.1.1 revision 7cee1c5)".into()),
                 wasmtime: Some("wasmtime 48.0.8".into()),
                 rustc: Some("rustc 1.95.0".into()),
                 somaxconn: Some("4096".into()),
@@ -1955,6 +2273,7 @@ mod tests {
             pinning: "pinned with taskset: systems under test on CPU 0, load generator on CPU 1"
                 .into(),
             nofile: (20_000, 20_000),
+            varnish: VarnishStatus::Used { access_log: true },
             scenarios: vec![measured, broken],
         })
     }
@@ -1976,7 +2295,8 @@ mod tests {
             "cathedral 0.1.0 (binary built by this run, written 2026-11-26T23:59:00Z; workspace at commit 0123456789abcdef plus uncommitted changes in M runtime/edge/src/lib.rs)",
             "Checks that failed:",
             "Caveats:\n\n- compare-cache-1KiB: direct: the load generator used 0.97\n",
-            "nginx version: nginx/1.22.1, wasmtime 48.0.8, rustc 1.95.0",
+            "nginx version: nginx/1.22.1, varnishd (varnish-7.1.1 revision 7cee1c5), wasmtime 48.0.8, rustc 1.95.0",
+            "- Access logs: on for cathedral, nginx and Varnish (varnishncsa beside it",
             "RLIMIT_NOFILE 20000 (hard 20000)",
             "| cache hit, 1 KiB, 64 connections | direct | 95,000 [90,000–100,000] | 500 µs | 1.55 ms |",
             "| 2 (2× 429) |",
@@ -1995,6 +2315,92 @@ mod tests {
             let cells = line.matches(" | ").count();
             assert!([11, 7, 3].contains(&cells), "{cells} in {line}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_report_says_what_became_of_varnish() -> anyhow::Result<()> {
+        let mut c = comparison()?;
+        c.varnish = VarnishStatus::Unavailable {
+            reason: "apt-get failed".into(),
+        };
+        let md = render_markdown(&c, &paths());
+        assert!(
+            md.contains("nginx/1.22.1, Varnish unavailable (rows left out), wasmtime"),
+            "{md}"
+        );
+        c.varnish = VarnishStatus::Used { access_log: false };
+        let md = render_markdown(&c, &paths());
+        assert!(
+            md.contains("OFF for Varnish (varnishncsa not found: a mismatch in Varnish's favour)"),
+            "{md}"
+        );
+        c.plan.access_log = AccessLog::Off;
+        assert!(render_markdown(&c, &paths()).contains("- Access logs: off for every system\n"));
+        c.varnish = VarnishStatus::NotUsed;
+        c.versions.varnish = None;
+        assert!(render_markdown(&c, &paths()).contains("nginx/1.22.1, varnish not used, wasmtime"));
+        assert_eq!(
+            serde_json::to_value(VarnishStatus::Unavailable { reason: "x".into() })?,
+            serde_json::json!({"status": "unavailable", "reason": "x"})
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_access_log_note_names_a_varnish_without_a_log() {
+        let found = |varnishncsa: Option<&str>| {
+            VarnishPeer::Found(Varnish {
+                varnishd: PathBuf::from("/usr/sbin/varnishd"),
+                varnishncsa: varnishncsa.map(PathBuf::from),
+            })
+        };
+        let with_log = found(Some("/usr/bin/varnishncsa"));
+        assert!(with_log.logs(AccessLog::On));
+        assert!(!with_log.logs(AccessLog::Off));
+        assert!(access_log_note(AccessLog::On, &with_log).contains("Varnish's varnishncsa"));
+        let without = found(None);
+        assert!(!without.logs(AccessLog::On));
+        assert!(access_log_note(AccessLog::On, &without).contains("Varnish WITHOUT an access log"));
+        assert_eq!(
+            without.status(AccessLog::On),
+            VarnishStatus::Used { access_log: false }
+        );
+        let missing = VarnishPeer::Missing("no apt".into());
+        assert!(!access_log_note(AccessLog::On, &missing).contains("Varnish"));
+        assert_eq!(missing.varnishd(), None);
+        assert_eq!(
+            access_log_note(AccessLog::Off, &with_log),
+            "access logs off for every system"
+        );
+        assert_eq!(
+            VarnishPeer::NotNeeded.status(AccessLog::On),
+            VarnishStatus::NotUsed
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_log_lines_times_out() -> anyhow::Result<()> {
+        let dir =
+            std::env::temp_dir().join(format!("cathedral-bench-lines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("access.log");
+        std::fs::write(&path, "one\ntwo\n")?;
+        wait_for_lines(&path, 2, std::time::Duration::from_secs(1)).await?;
+        let err = wait_for_lines(&path, 3, std::time::Duration::from_millis(100))
+            .await
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("has 2 line(s)")),
+            "{err:?}"
+        );
+        assert!(
+            wait_for_lines(&dir.join("missing"), 1, std::time::Duration::ZERO)
+                .await
+                .is_err()
+        );
+        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 

@@ -358,6 +358,49 @@ impl Harness {
         Ok(())
     }
 
+    /// Starts `program <args>` as companion `name` of the already started child `of` (e.g.
+    /// Varnish's `varnishncsa` beside `varnishd`): pinned like every system under test, its
+    /// output in `<scratch>/<name>.log`, its CPU time and peak RSS counted as `of`'s, checked
+    /// and stopped with it. There is no port to wait for: the caller checks that it works.
+    pub fn start_companion(
+        &mut self,
+        of: &str,
+        name: &str,
+        program: &Path,
+        args: &[OsString],
+    ) -> anyhow::Result<()> {
+        let log = self.scratch.join(format!("{name}.log"));
+        let (stdout, stderr) = process::log_stdio(&log)?;
+        let mut command = self
+            .pinning
+            .command(program, self.pinning.sut_cpus.as_deref());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        let line = format!("{:?}", command.as_std());
+        let companion = ManagedChild::spawn(name, command, Some(log.clone()))?;
+        let pid = companion.pid();
+        let server = self
+            .children
+            .iter_mut()
+            .find(|c| c.name == of)
+            .with_context(|| format!("no child {of} to attach {name} to"))?;
+        server.add_companion(companion);
+        eprintln!(
+            "[{}] {name} beside {of} (log: {})",
+            self.name,
+            log.display()
+        );
+        self.processes.push(ProcessInfo {
+            name: name.to_owned(),
+            pid,
+            command: line,
+        });
+        Ok(())
+    }
+
     /// How many CPUs the systems under test may use (nginx's `worker_processes`).
     pub fn sut_cpu_count(&self) -> usize {
         self.pinning.sut_cpu_count(&self.allowed)

@@ -5,9 +5,9 @@
 //! Module map: [`origin`] and [`load`] are the two halves of any measurement; [`scenario`]
 //! runs systems under test against them and summarises; [`harness`] is the one code path
 //! around it (arguments, children, results); [`proxy`] and [`cache`] (with [`cache_config`])
-//! are cathedral-only scenarios; [`compare`] runs cathedral beside nginx and `wasmtime serve`
-//! ([`peers`] provisions them, [`nginx_config`] and [`compare_config`] generate their
-//! configs, [`chart`] draws the SVG); [`process`] (children, pinning), [`procfs`] (CPU, RSS),
+//! are cathedral-only scenarios; [`compare`] runs cathedral beside nginx, Varnish and
+//! `wasmtime serve` ([`peers`] provisions them, [`nginx_config`], [`varnish_config`] and
+//! [`compare_config`] generate their configs, [`chart`] draws the SVG); [`process`] (children, pinning), [`procfs`] (CPU, RSS),
 //! [`client`] (one-shot GETs), [`stats`] and [`report`] support them.
 
 mod cache;
@@ -27,6 +27,7 @@ mod proxy;
 mod report;
 mod scenario;
 mod stats;
+mod varnish_config;
 mod wrk;
 
 use clap::{Parser, Subcommand};
@@ -49,7 +50,7 @@ enum Command {
     /// Cache-hit scenario: cathedral with the cache on (integrity 1 in 100, always) and off,
     /// and the origin directly, per object size.
     Cache(cache::CacheArgs),
-    /// cathedral side by side with nginx and `wasmtime serve`: builds and installs what it
+    /// cathedral side by side with nginx, Varnish and `wasmtime serve`: builds and installs what it
     /// needs, runs every scenario, writes JSON, markdown and an SVG chart (BENCHMARKS.md).
     Compare(compare::CompareArgs),
     /// Builds and installs what `compare` needs (same flags), then prints the versions.

@@ -1,8 +1,9 @@
 //! The systems a comparison needs besides this binary, provisioned on demand: the release
 //! `cathedral` binary and the demo's filter modules (one `cargo build`), the `wasi:http` hello
-//! component (`benches/guests/wasi-hello`), nginx (Debian packages), and the `wasmtime` CLI at
-//! the exact wasmtime version the workspace locks (`cargo install` into `target/`). Also the
-//! versions recorded with every comparison.
+//! component (`benches/guests/wasi-hello`), nginx and Varnish Cache (`varnishd` and its
+//! access logger `varnishncsa`; Debian packages), and the `wasmtime` CLI at the exact wasmtime
+//! version the workspace locks (`cargo install` into `target/`). Also the versions recorded
+//! with every comparison.
 //!
 //! Installation shells out to the ordinary clients (`apt-get`, `cargo`); nothing here runs
 //! during `cargo test`.
@@ -347,6 +348,97 @@ pub fn ensure_nginx(install: bool) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The first `name` among `$env` (when set, taken as given), the directories of `PATH`, and
+/// `extra` directories.
+fn find_program(env: &str, name: &str, extra: &[&Path]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(|d| d.to_path_buf()))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// `varnishd`: `$VARNISHD`, else on `PATH` or in `/usr/sbin` (Debian's place for it).
+pub fn find_varnishd() -> Option<PathBuf> {
+    find_program("VARNISHD", "varnishd", &[Path::new("/usr/sbin")])
+}
+
+/// `varnishncsa` (Varnish's access logger): `$VARNISHNCSA`, else on `PATH`, in `/usr/bin`, or
+/// beside `varnishd`.
+pub fn find_varnishncsa(varnishd: &Path) -> Option<PathBuf> {
+    let beside = varnishd.parent().unwrap_or(Path::new("/usr/bin"));
+    find_program(
+        "VARNISHNCSA",
+        "varnishncsa",
+        &[Path::new("/usr/bin"), beside],
+    )
+}
+
+/// The version in the first line of `varnishd -V`, e.g. `varnishd (varnish-7.1.1 revision
+/// 7cee1c5...)` → `(7, 1, 1)`; also the `varnish-plus-6.0.13r2` and `varnish-trunk` forms
+/// (a trunk build has no number: `None`).
+pub fn parse_varnish_version(line: &str) -> Option<(u32, u32, u32)> {
+    let start = line.find("(varnish-")? + "(varnish-".len();
+    let rest = &line[start..];
+    let rest = rest.strip_prefix("plus-").unwrap_or(rest);
+    let version = rest.split([' ', ')']).next()?;
+    let mut parts = version.split('.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Varnish Cache's programs as the comparison runs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Varnish {
+    pub varnishd: PathBuf,
+    /// The access logger; `None` when it cannot be found, and Varnish then runs without an
+    /// access log (the report says so).
+    pub varnishncsa: Option<PathBuf>,
+}
+
+/// Varnish Cache, installed from Debian's `varnish` package when missing (unless `install` is
+/// false); at least 6.0, for the generated VCL's `vcl 4.1`. The caller decides what a failure
+/// means (`compare` skips the Varnish rows and says why).
+pub fn ensure_varnish(install: bool) -> anyhow::Result<Varnish> {
+    let varnishd = match find_varnishd() {
+        Some(path) => path,
+        None if !install => bail!(
+            "Varnish is not installed (run without --no-install, or `apt-get install varnish`, \
+             or set VARNISHD=/path/to/varnishd)"
+        ),
+        None => apt_install(&["varnish"], find_varnishd).context(
+            "could not install Varnish with apt-get (tried varnish, apt-get update, varnish); \
+             install it by hand (`apt-get install varnish`) or set VARNISHD=/path/to/varnishd",
+        )?,
+    };
+    let line = version_line(&varnishd, &["-V"])
+        .with_context(|| format!("`{} -V` failed", varnishd.display()))?;
+    match parse_varnish_version(&line) {
+        Some((major, _, _)) if major >= 6 => {}
+        Some(_) => bail!(
+            "{} is `{line}`: the generated VCL (vcl 4.1) needs Varnish 6.0 or newer",
+            varnishd.display()
+        ),
+        None => bail!(
+            "{} -V printed `{line}`, not a Varnish version",
+            varnishd.display()
+        ),
+    }
+    let varnishncsa = find_varnishncsa(&varnishd);
+    Ok(Varnish {
+        varnishd,
+        varnishncsa,
+    })
+}
+
 /// `wrk` for the cross-check, installed from Debian's package when missing (unless `install`
 /// is false); `None` when it cannot be had (the cross-check is then skipped, not the run).
 pub fn ensure_wrk(install: bool) -> Option<PathBuf> {
@@ -377,6 +469,8 @@ pub struct Versions {
     /// commit above.
     pub cathedral_built_utc: Option<String>,
     pub nginx: Option<String>,
+    /// First line of `varnishd -V`.
+    pub varnish: Option<String>,
     pub wasmtime: Option<String>,
     pub rustc: Option<String>,
     /// `/proc/sys/net/core/somaxconn`.
@@ -384,7 +478,12 @@ pub struct Versions {
 }
 
 /// Reads the versions of the given binaries and the git state of the workspace.
-pub fn versions(cathedral: &Path, nginx: Option<&Path>, wasmtime: Option<&Path>) -> Versions {
+pub fn versions(
+    cathedral: &Path,
+    nginx: Option<&Path>,
+    varnishd: Option<&Path>,
+    wasmtime: Option<&Path>,
+) -> Versions {
     let root = workspace_root();
     let git = |args: &[&str]| -> Option<String> {
         let output = Command::new("git")
@@ -418,6 +517,7 @@ pub fn versions(cathedral: &Path, nginx: Option<&Path>, wasmtime: Option<&Path>)
             .ok()
             .map(|t| crate::report::utc_timestamp(t).1),
         nginx: nginx.and_then(|n| version_line(n, &["-v"])),
+        varnish: varnishd.and_then(|v| version_line(v, &["-V"])),
         wasmtime: wasmtime.and_then(|w| version_line(w, &["--version"])),
         rustc: version_line(Path::new("rustc"), &["-V"]),
         somaxconn: std::fs::read_to_string("/proc/sys/net/core/somaxconn")
@@ -493,6 +593,31 @@ version = "2.0.0"
         assert_eq!(user.len(), 3);
         assert!(user.iter().all(|c| c[0] == "sudo" && c[1] == "-n"));
         assert!(apt_install_commands(true, &[]).is_empty());
+    }
+
+    #[test]
+    fn varnish_versions_parse() {
+        let check = |line: &str, expected: Option<(u32, u32, u32)>| {
+            assert_eq!(parse_varnish_version(line), expected, "{line}");
+        };
+        check(
+            "varnishd (varnish-7.1.1 revision 7cee1c581bead20e88d101ab3d72afb29f14d87a)",
+            Some((7, 1, 1)),
+        );
+        check(
+            "varnishd (varnish-6.0.13 revision 9b5f68e19ca0ab60010641e305fd12822f18d42c)",
+            Some((6, 0, 13)),
+        );
+        check(
+            "varnishd (varnish-plus-6.0.13r2 revision 1234)",
+            Some((6, 0, 13)),
+        );
+        check("varnishd (varnish-7.5.0)", Some((7, 5, 0)));
+        check("varnishd (varnish-4.1)", Some((4, 1, 0)));
+        check("varnishd (varnish-trunk revision abc)", None);
+        check("nginx version: nginx/1.22.1", None);
+        check("varnishd (varnish-", None);
+        check("", None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Child processes of a scenario: CPU pinning with `taskset`, free-port discovery, readiness
-//! waits, and liveness checks that quote the child's log when it dies.
+//! waits, liveness checks that quote the child's log when it dies, and companions (a helper
+//! process such as Varnish's `varnishncsa` whose CPU and RSS count as its server's).
 
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::SocketAddr;
@@ -116,7 +117,8 @@ pub fn free_loopback_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
 pub enum Accounting {
     /// The child process alone (cathedral, the origin, `wasmtime serve`: one process each).
     Process,
-    /// The child and every descendant, summed (nginx: a master and its workers).
+    /// The child and every descendant, summed (nginx: a master and its workers; Varnish: its
+    /// manager and its cache process).
     Tree,
 }
 
@@ -130,6 +132,9 @@ pub struct ManagedChild {
     pid: u32,
     log: Option<PathBuf>,
     accounting: Accounting,
+    /// Helpers started for this child (each in its own process group) whose CPU time and peak
+    /// RSS are added to the child's, which are checked with it and stopped before it.
+    companions: Vec<ManagedChild>,
     /// Set by [`ManagedChild::stop`], so dropping afterwards signals nothing.
     stopped: bool,
 }
@@ -161,8 +166,15 @@ impl ManagedChild {
             pid,
             log,
             accounting,
+            companions: Vec::new(),
             stopped: false,
         })
+    }
+
+    /// Attaches `companion`: from now on its CPU time and peak RSS count as this child's, it
+    /// must stay alive as long as this child does, and it is stopped first.
+    pub fn add_companion(&mut self, companion: ManagedChild) {
+        self.companions.push(companion);
     }
 
     pub fn pid(&self) -> u32 {
@@ -174,8 +186,14 @@ impl ManagedChild {
         self.child.stdout.take()
     }
 
-    /// Fails, quoting the end of the child's log, if the child has exited.
+    /// Fails, quoting the end of the child's log, if the child or one of its companions has
+    /// exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for companion in &mut self.companions {
+            companion
+                .check_alive()
+                .with_context(|| format!("a companion of {} stopped", self.name))?;
+        }
         match self.child.try_wait()? {
             None => Ok(()),
             Some(status) => bail!(
@@ -214,7 +232,8 @@ impl ManagedChild {
         }
     }
 
-    /// CPU time of the child so far (with [`Accounting::Tree`], of its live process tree).
+    /// CPU time of the child so far (with [`Accounting::Tree`], of its live process tree),
+    /// plus its companions'.
     pub fn cpu_times(&self) -> anyhow::Result<CpuTimes> {
         let mut total = procfs::cpu_times(Pid::Other(self.pid))?;
         for pid in self.accounted().into_iter().skip(1) {
@@ -224,15 +243,24 @@ impl ManagedChild {
                 total.system_secs += t.system_secs;
             }
         }
+        for companion in &self.companions {
+            let t = companion.cpu_times()?;
+            total.user_secs += t.user_secs;
+            total.system_secs += t.system_secs;
+        }
         Ok(total)
     }
 
     /// Peak RSS of the child so far (`VmHWM`; with [`Accounting::Tree`], summed over its live
-    /// process tree, an upper bound since shared pages count once per process).
+    /// process tree, an upper bound since shared pages count once per process), plus its
+    /// companions'.
     pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
         let mut total = procfs::peak_rss_bytes(Pid::Other(self.pid))?;
         for pid in self.accounted().into_iter().skip(1) {
             total += procfs::peak_rss_bytes(Pid::Other(pid)).unwrap_or(0);
+        }
+        for companion in &self.companions {
+            total += companion.peak_rss_bytes()?;
         }
         Ok(total)
     }
@@ -298,9 +326,12 @@ impl ManagedChild {
         }
     }
 
-    /// Stops the child's process group: SIGTERM (a graceful stop, e.g. nginx's fast shutdown),
-    /// SIGKILL after 5 s, and reaps the child.
+    /// Stops the companions, then the child's process group: SIGTERM (a graceful stop, e.g.
+    /// nginx's fast shutdown), SIGKILL after 5 s, and reaps the child.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        for companion in std::mem::take(&mut self.companions) {
+            Box::pin(companion.stop()).await?;
+        }
         if self.child.try_wait()?.is_none() {
             self.signal_group("TERM");
             if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
@@ -415,6 +446,68 @@ mod tests {
         assert_eq!(addrs.len(), 3);
         assert!(addrs.iter().all(|a| a.ip().is_loopback() && a.port() != 0));
         assert!(addrs[0] != addrs[1] && addrs[1] != addrs[2] && addrs[0] != addrs[2]);
+        Ok(())
+    }
+
+    fn sleeper(name: &str, secs: &str) -> anyhow::Result<ManagedChild> {
+        let mut command = Command::new("sleep");
+        command.arg(secs).stdin(Stdio::null());
+        ManagedChild::spawn(name, command, None)
+    }
+
+    #[tokio::test]
+    async fn companions_count_with_their_server_and_must_stay_alive() -> anyhow::Result<()> {
+        let mut server = sleeper("server", "30")?;
+        let companion = sleeper("logger", "30")?;
+        let pids = [Pid::Other(server.pid()), Pid::Other(companion.pid())];
+        server.add_companion(companion);
+        // High-water marks only grow (the processes may still be starting): the sum read
+        // between two readings of both lies between their sums.
+        let each = || -> anyhow::Result<u64> {
+            Ok(procfs::peak_rss_bytes(pids[0])? + procfs::peak_rss_bytes(pids[1])?)
+        };
+        // Let both finish starting (`sleep` exec'd) so their marks are settled.
+        let mut last = each()?;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = each()?;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let before = each()?;
+        let total = server.peak_rss_bytes()?;
+        let after = each()?;
+        assert!(
+            procfs::peak_rss_bytes(pids[1])? > 0,
+            "the companion has an RSS"
+        );
+        assert!(
+            (before..=after).contains(&total),
+            "{before} ≤ {total} ≤ {after}"
+        );
+        server.cpu_times()?;
+        server.check_alive()?;
+        server.stop().await?;
+
+        // A companion that exits makes its server's liveness check fail, naming both.
+        let mut server = sleeper("server", "30")?;
+        server.add_companion(sleeper("logger", "0")?);
+        let failed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Err(e) = server.check_alive() {
+                    return format!("{e:#}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await?;
+        assert!(
+            failed.contains("a companion of server stopped") && failed.contains("logger"),
+            "{failed}"
+        );
+        server.stop().await?;
         Ok(())
     }
 
