@@ -10,6 +10,7 @@ mod bundle_build;
 mod bundle_cmd;
 mod cmd;
 mod keys_cmd;
+mod log_writer;
 mod origin_cmd;
 mod quick;
 
@@ -478,23 +479,51 @@ fn empty_edge(region: &str) -> EdgeConfig {
 /// thread, so a slow stderr (a pipe to a log shipper, a full disk) never
 /// stalls serving. If the writer falls more than 128k lines behind, lines
 /// are dropped rather than requests delayed.
-fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through [`log_writer`] (batched by one thread); if
+/// that thread cannot start, straight to stderr.
+fn init_tracing(format: LogFormat) -> Option<log_writer::Guard> {
     use tracing_subscriber::EnvFilter;
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match log_writer::batched(std::io::stderr()) {
+        Ok((writer, guard)) => {
+            subscriber(format, filter, writer, ansi).init();
+            Some(guard)
+        }
+        Err(e) => {
+            subscriber(format, filter, std::io::stderr, ansi).init();
+            warn!(error = %e, "cannot start the log writer thread; logging unbuffered");
+            None
+        }
+    }
+}
+
+/// The fmt subscriber in `format` over `writer`. In JSON each event is one
+/// flat object (`timestamp`, `level`, `message`, the fields, `target`).
+fn subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .finish(),
+        ),
     }
-    guard
 }
 
 fn self_signed(out: &Path, names: Vec<String>) -> anyhow::Result<()> {
@@ -528,4 +557,101 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     f.write_all(data)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Everything the subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("capture").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The access-log event as `cathedral_edge::service` emits it.
+    fn access_line(format: LogFormat) -> String {
+        let out = Capture::default();
+        let writer = out.clone();
+        let sub = subscriber(
+            format,
+            tracing_subscriber::EnvFilter::new("info"),
+            move || writer.clone(),
+            false,
+        );
+        tracing::subscriber::with_default(sub, || {
+            let client: std::net::IpAddr = [127, 0, 0, 1].into();
+            info!(
+                target: "cathedral::access",
+                client = %client,
+                method = %"GET",
+                host = %"example.test",
+                path = %"/a \"quoted\" path",
+                proto = ?http::Version::HTTP_11,
+                status = 200u16,
+                bytes = 1024u64,
+                complete = true,
+                duration_ms = 1.5f64,
+                route = "bench",
+                cache = "hit",
+                upstream = "origin",
+                region = %"us-east-1",
+                "request"
+            );
+        });
+        String::from_utf8(out.0.lock().expect("capture").clone()).expect("utf-8")
+    }
+
+    #[test]
+    fn the_json_access_line_is_one_flat_object_in_field_order() {
+        let line = access_line(LogFormat::Json);
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        let object = value.as_object().expect("an object");
+        assert!(line.starts_with(r#"{"timestamp":""#), "{line}");
+        let rest = line
+            .split_once(r#""level""#)
+            .map(|(_, rest)| rest)
+            .expect("level");
+        assert_eq!(
+            rest,
+            concat!(
+                r#":"INFO","message":"request","client":"127.0.0.1","method":"GET","#,
+                r#""host":"example.test","path":"/a \"quoted\" path","proto":"HTTP/1.1","#,
+                r#""status":200,"bytes":1024,"complete":true,"duration_ms":1.5,"route":"bench","#,
+                r#""cache":"hit","upstream":"origin","region":"us-east-1","target":"cathedral::access"}"#,
+                "\n"
+            )
+        );
+        let timestamp = object["timestamp"].as_str().expect("timestamp");
+        assert!(
+            timestamp.ends_with('Z') && timestamp.contains('T'),
+            "{timestamp}"
+        );
+    }
+
+    #[test]
+    fn the_text_access_line_names_the_target_and_the_fields() {
+        let line = access_line(LogFormat::Text);
+        assert!(
+            line.contains(
+                "INFO cathedral::access: request client=127.0.0.1 method=GET host=example.test \
+                 path=/a \"quoted\" path proto=HTTP/1.1 status=200 bytes=1024 complete=true \
+                 duration_ms=1.5 route=\"bench\" cache=\"hit\" upstream=\"origin\" region=us-east-1"
+            ),
+            "{line}"
+        );
+    }
 }
