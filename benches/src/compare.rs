@@ -991,7 +991,7 @@ fn ratio(numerator: &str, denominator: &str) -> RatioSpec {
 }
 
 /// Notes every scenario shares.
-fn common_notes(h: &Harness, context: &Context) -> Vec<String> {
+fn common_notes(h: &Harness, context: &Context, kind: ScenarioKind) -> Vec<String> {
     vec![
         h.pinning.description.clone(),
         format!(
@@ -1003,7 +1003,14 @@ fn common_notes(h: &Harness, context: &Context) -> Vec<String> {
                 "one thread per SUT CPU"
             }
         ),
-        access_log_note(context.plan.access_log, &context.varnish),
+        access_log_note(
+            context.plan.access_log,
+            if kind.has_varnish() {
+                &context.varnish
+            } else {
+                &VarnishPeer::NotNeeded
+            },
+        ),
     ]
 }
 
@@ -1125,7 +1132,7 @@ async fn proxied(
     }
     h.check_alive()?;
 
-    let mut notes = common_notes(&h, context);
+    let mut notes = common_notes(&h, context, kind);
     notes.push(format!(
         "{} B body ({}){}; one GET /object per request",
         size,
@@ -1330,7 +1337,7 @@ async fn handler(context: &Context) -> anyhow::Result<(ScenarioOutcome, String)>
         }));
     }
     h.check_alive()?;
-    let mut notes = common_notes(&h, context);
+    let mut notes = common_notes(&h, context, kind);
     notes[2] = format!(
         "access logs: off for `cathedral` and both wasmtime rows (`wasmtime serve` has no access log){}",
         if with_log_row {
@@ -1466,7 +1473,7 @@ async fn filters(context: &Context) -> anyhow::Result<(ScenarioOutcome, String)>
         );
     }
     h.check_alive()?;
-    let mut notes = common_notes(&h, context);
+    let mut notes = common_notes(&h, context, kind);
     notes.extend([
         format!(
             "every request (every system) carries `x-api-key: bench-key-N`, `cookie: uid=user-N` and \
