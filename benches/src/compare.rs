@@ -1482,8 +1482,9 @@ async fn filters(context: &Context) -> anyhow::Result<(ScenarioOutcome, String)>
         ),
         format!(
             "cathedral-filters: the route runs ratelimit (closed) → compliance (closed) → personalize \
-             (open, response body up to 256 KiB) as in the demo; ratelimit's tier lists all {} keys under \
-             a policy of 1,000,000/s and burst 1,000,000 per key (far above the load: no 429s)",
+             (open, response body up to 256 KiB) as in the demo; ratelimit's key table names all {} keys \
+             (`[config.keys]`, the documented format for large key sets) for one tier with a policy of \
+             1,000,000/s and burst 1,000,000 per key (far above the load: no 429s)",
             plan.api_keys
         ),
         "cathedral-nofilters: the same node and route (modules loaded, user_id from the uid cookie) \
