@@ -10,6 +10,7 @@ mod bundle_build;
 mod bundle_cmd;
 mod cmd;
 mod keys_cmd;
+mod log_format;
 mod log_writer;
 mod origin_cmd;
 mod quick;
@@ -516,13 +517,18 @@ where
         .with_ansi(ansi);
     match format {
         LogFormat::Text => Box::new(builder.finish()),
-        LogFormat::Json => Box::new(
-            builder
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt::format()
                 .json()
                 .flatten_event(true)
-                .with_current_span(false)
-                .finish(),
-        ),
+                .with_current_span(false);
+            Box::new(
+                builder
+                    .json()
+                    .event_format(log_format::Json { inner: json })
+                    .finish(),
+            )
+        }
     }
 }
 
