@@ -73,10 +73,13 @@ pub async fn handle(
     };
     let mut ctx = ctx;
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // A cheap clone (shared bytes): the access log needs the path after
+    // the request is gone.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let version = req.version();
 
-    let route = active.route(&ctx.host, &path).cloned();
+    let route = active.route(&ctx.host, path).cloned();
     // Only Wasm modules read the country: routes without them skip the
     // lookup.
     if route
@@ -147,9 +150,9 @@ pub async fn handle(
     let log = AccessLog {
         shared: shared.clone(),
         route: route.clone(),
-        method: method.to_string(),
+        method,
         host: ctx.host,
-        path,
+        uri,
         version,
         status: resp.status().as_u16(),
         cache: cache_outcome(resp.headers()),
@@ -396,9 +399,9 @@ fn declared_length<B>(req: &Request<B>) -> Option<u64> {
 struct AccessLog {
     shared: Arc<Shared>,
     route: Option<Arc<RouteCtx>>,
-    method: String,
+    method: http::Method,
     host: String,
-    path: String,
+    uri: http::Uri,
     version: Version,
     status: u16,
     /// `hit`, or why the request went forward (`uri-miss`, `stale`, ...);
@@ -426,7 +429,7 @@ impl OnComplete for AccessLog {
             client = %self.client,
             method = %self.method,
             host = %self.host,
-            path = %self.path,
+            path = %self.uri.path(),
             proto = ?self.version,
             status = self.status,
             bytes,
