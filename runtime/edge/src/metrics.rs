@@ -410,29 +410,27 @@ impl prometheus_client::collector::Collector for ModuleCollector {
                 ConstCounter::new(n).encode(errors.encode_family(&labels)?)?;
             }
         }
-        let mut calls = encoder.encode_descriptor(
-            "cathedral_module_calls",
-            "Wasm module calls, by module",
-            None,
-            kind,
-        )?;
-        for (module, s) in &stats {
-            let labels = ModuleLabel {
-                module: module.clone(),
-            };
-            ConstCounter::new(s.calls).encode(calls.encode_family(&labels)?)?;
-        }
-        let mut instances = encoder.encode_descriptor(
-            "cathedral_module_instances",
-            "Wasm instances made for calls, by module (a filter's two hooks share one on a cache hit)",
-            None,
-            kind,
-        )?;
-        for (module, s) in &stats {
-            let labels = ModuleLabel {
-                module: module.clone(),
-            };
-            ConstCounter::new(s.instances).encode(instances.encode_family(&labels)?)?;
+        type Counter = fn(&cathedral_wasm::ModuleStatsSnapshot) -> u64;
+        let per_module: [(&str, &str, Counter); 2] = [
+            (
+                "cathedral_module_calls",
+                "Wasm module calls, by module",
+                |s| s.calls,
+            ),
+            (
+                "cathedral_module_instances",
+                "Wasm instances made for calls, by module (a filter's two hooks share one on a cache hit)",
+                |s| s.instances,
+            ),
+        ];
+        for (name, help, value) in per_module {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (module, s) in &stats {
+                let labels = ModuleLabel {
+                    module: module.clone(),
+                };
+                ConstCounter::new(value(s)).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
