@@ -769,11 +769,24 @@ async fn harness_for(
 }
 
 /// The environment that turns cathedral's access log on or off.
-fn cathedral_log_env(log: AccessLog) -> Vec<(&'static str, &'static str)> {
-    match log {
-        AccessLog::On => vec![("RUST_LOG", "info")],
-        AccessLog::Off => vec![("RUST_LOG", "info,cathedral::access=off")],
-    }
+/// Starts the release cathedral as `name` with `args` (JSON logs appended), its access log
+/// on or off, and waits until it accepts on `listen`.
+async fn start_cathedral(
+    h: &mut Harness,
+    context: &Context,
+    name: &str,
+    mut args: Vec<OsString>,
+    log: AccessLog,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
+    args.extend(["--log-format".into(), "json".into()]);
+    let env = match log {
+        AccessLog::On => [("RUST_LOG", "info")],
+        AccessLog::Off => [("RUST_LOG", "info,cathedral::access=off")],
+    };
+    let cathedral = context.runner.cathedral.clone();
+    h.start_program(name, &cathedral, &args, &env, listen, Accounting::Process)
+        .await
 }
 
 /// Writes a node's config into the scratch dir and starts it; returns its listen address
@@ -800,23 +813,8 @@ async fn start_node(
         .into_iter()
         .map(|(path, text)| (path.display().to_string(), text.into()))
         .collect();
-    let args: Vec<OsString> = vec![
-        "serve".into(),
-        "--config".into(),
-        node.into(),
-        "--log-format".into(),
-        "json".into(),
-    ];
-    let cathedral = context.runner.cathedral.clone();
-    h.start_program(
-        name,
-        &cathedral,
-        &args,
-        &cathedral_log_env(log),
-        listen,
-        Accounting::Process,
-    )
-    .await?;
+    let args: Vec<OsString> = vec!["serve".into(), "--config".into(), node.into()];
+    start_cathedral(h, context, name, args, log, listen).await?;
     Ok((listen, files.into()))
 }
 
@@ -1283,19 +1281,8 @@ async fn handler(context: &Context) -> anyhow::Result<(ScenarioOutcome, String)>
             listen.to_string().into(),
             "--admin-listen".into(),
             admin.to_string().into(),
-            "--log-format".into(),
-            "json".into(),
         ];
-        let cathedral = context.runner.cathedral.clone();
-        h.start_program(
-            name,
-            &cathedral,
-            &args,
-            &cathedral_log_env(log),
-            listen,
-            Accounting::Process,
-        )
-        .await?;
+        start_cathedral(&mut h, context, name, args, log, listen).await?;
         urls.push((name.to_owned(), format!("http://{listen}/")));
     }
     for (name, timeout) in [

@@ -182,20 +182,7 @@ mod tests {
         }
     }
 
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("capture").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::log_format::Capture;
 
     fn stock() -> tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json> {
         tracing_subscriber::fmt::format()
@@ -268,5 +255,21 @@ mod tests {
         });
         assert_eq!(ours, stock);
         assert!(ours.contains("\"spans\":[{"), "{ours}");
+    }
+}
+
+/// Everything a test subscriber wrote, for the crate's log tests.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct Capture(pub(crate) std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
