@@ -320,18 +320,15 @@ impl Harness {
             .await
     }
 
-    /// Starts `program <args>` (with `env` added) as child `name`, pinned like every system
-    /// under test, its output in `<scratch>/<name>.log`, and waits until `listen` accepts
-    /// connections; CPU and RSS are read per `accounting`.
-    pub async fn start_program(
-        &mut self,
+    /// `program <args>` with `env` added, pinned like every system under test, its output
+    /// going to `<scratch>/<name>.log`; with that log's path and the command line as recorded.
+    fn pinned_command(
+        &self,
         name: &str,
         program: &Path,
         args: &[OsString],
         env: &[(&str, &str)],
-        listen: SocketAddr,
-        accounting: Accounting,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<(tokio::process::Command, PathBuf, String)> {
         let log = self.scratch.join(format!("{name}.log"));
         let (stdout, stderr) = process::log_stdio(&log)?;
         let mut command = self
@@ -345,6 +342,22 @@ impl Harness {
             .stderr(stderr);
         let env_prefix: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         let line = format!("{env_prefix}{:?}", command.as_std());
+        Ok((command, log, line))
+    }
+
+    /// Starts `program <args>` (with `env` added) as child `name`, pinned like every system
+    /// under test, its output in `<scratch>/<name>.log`, and waits until `listen` accepts
+    /// connections; CPU and RSS are read per `accounting`.
+    pub async fn start_program(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[OsString],
+        env: &[(&str, &str)],
+        listen: SocketAddr,
+        accounting: Accounting,
+    ) -> anyhow::Result<()> {
+        let (command, log, line) = self.pinned_command(name, program, args, env)?;
         let mut child = ManagedChild::spawn_with(name, command, Some(log.clone()), accounting)?;
         child
             .wait_until_accepting(listen, self.config.startup_timeout)
@@ -369,17 +382,7 @@ impl Harness {
         program: &Path,
         args: &[OsString],
     ) -> anyhow::Result<()> {
-        let log = self.scratch.join(format!("{name}.log"));
-        let (stdout, stderr) = process::log_stdio(&log)?;
-        let mut command = self
-            .pinning
-            .command(program, self.pinning.sut_cpus.as_deref());
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let line = format!("{:?}", command.as_std());
+        let (command, log, line) = self.pinned_command(name, program, args, &[])?;
         let companion = ManagedChild::spawn(name, command, Some(log.clone()))?;
         let pid = companion.pid();
         let server = self
