@@ -43,11 +43,6 @@ impl FilterInstance {
         }
     }
 
-    /// The module.
-    pub fn module(&self) -> &Module {
-        &self.module
-    }
-
     /// Whether an instance is held (and with it a slot of the pool).
     pub fn is_live(&self) -> bool {
         self.live.is_some()
